@@ -1,0 +1,245 @@
+"""Command line: startd-health cron | config | probes, and startd-health-cron.
+
+Logs go to stderr, data to stdout. Exit status: 0 success; 1 internal error;
+2 bad configuration or usage; 3 (cron) the ad was printed but results could
+not be kept in the state directory. Whatever happens, `cron` prints a
+complete ad ending in a `-` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from . import __version__
+from .config import (CondorParams, Config, ConfigError, Knob, describe, load_config, parse_list,
+                     parse_positive_seconds)
+
+log = logging.getLogger("startd-health")
+
+EXIT_OK, EXIT_INTERNAL, EXIT_CONFIG, EXIT_STATE = 0, 1, 2, 3
+
+CORE_KNOBS = (
+    Knob("PROBES", parse_list, None, "probes to run (default: every probe enabled by default)", "LIST"),
+    Knob("DEADLINE", parse_positive_seconds, 150.0, "the whole run ends within this many seconds; keep it "
+         "below the cron PERIOD", "SECONDS"),
+    Knob("STATE_DIR", lambda text: os.path.abspath(text.strip()), None, "directory for the last results "
+         "and the run lock (default: $(SPOOL)/startd_health with HTCondor, else "
+         "$XDG_STATE_HOME/startd-health)", "DIR"),
+)
+MIN_DEADLINE = 5.0
+
+
+def _probe_classes() -> Dict[str, Any]:
+    from probes import all_probes
+    return all_probes()
+
+
+def probe_knobs(name: str, cls: Any) -> Tuple[Knob, ...]:
+    upper = name.upper()
+    return (
+        Knob(f"{upper}_PERIOD", parse_positive_seconds, cls.default_period,
+             f"re-run the {name} probe when its last result is older than this", "SECONDS"),
+        Knob(f"{upper}_TIMEOUT", parse_positive_seconds, cls.default_timeout,
+             f"budget for one run of the {name} probe", "SECONDS"),
+    ) + tuple(cls.knobs)
+
+
+def all_knobs() -> List[Knob]:
+    knobs = list(CORE_KNOBS)
+    for name, cls in _probe_classes().items():
+        knobs.extend(probe_knobs(name, cls))
+    return knobs
+
+
+def _default_state_dir(condor: CondorParams) -> Optional[Tuple[str, str]]:
+    spool = condor.get("SPOOL")
+    if spool and os.path.isabs(spool):
+        return os.path.join(spool, "startd_health"), "default (HTCondor $(SPOOL)/startd_health)"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "startd-health"), "default ($XDG_STATE_HOME/startd-health)"
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    knobs = all_knobs()
+    flags = {k.name: getattr(args, k.dest, None) for k in knobs}
+    condor = CondorParams(False if args.no_condor_config else None)
+    config = load_config(knobs, flags, condor, {"STATE_DIR": _default_state_dir})
+    known = _probe_classes()
+    if config["PROBES"] is not None:
+        unknown = [p for p in config["PROBES"] if p not in known]
+        if unknown:
+            raise ConfigError(f"STARTD_HEALTH_PROBES ({config.source('PROBES')}): unknown probe "
+                              f"{', '.join(unknown)} (known: {', '.join(known)})")
+    if config["DEADLINE"] < MIN_DEADLINE:
+        raise ConfigError(f"STARTD_HEALTH_DEADLINE = {config['DEADLINE']:g} ({config.source('DEADLINE')}): "
+                          f"must be at least {MIN_DEADLINE:g} seconds")
+    return config
+
+
+def selected_probes(config: Config) -> List[Any]:
+    classes = _probe_classes()
+    names = config["PROBES"] if config["PROBES"] is not None else [
+        n for n, c in classes.items() if c.enabled_by_default]
+    return [classes[n]() for n in names]
+
+
+def probe_settings(config: Config, probes: Sequence[Any]) -> Dict[str, Mapping[str, Any]]:
+    """Each probe's knobs, keyed without the probe's prefix: CONTAINER_IMAGES -> 'images'."""
+    settings: Dict[str, Mapping[str, Any]] = {}
+    for probe in probes:
+        prefix = probe.name.upper() + "_"
+        values = {k.name[len(prefix):].lower(): config[k.name] for k in probe_knobs(probe.name, type(probe))}
+        settings[probe.name] = values
+    return settings
+
+
+# ---------------------------------------------------------------- commands
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    # The startd (KILL = true) or systemd wants us gone: take our children
+    # with us rather than leave them holding images or mounts.
+    from .procs import kill_live_groups
+    kill_live_groups()
+    os._exit(128 + signum)
+
+
+def cmd_cron(args: argparse.Namespace) -> int:
+    from .cron import render, render_failure
+    from .runner import run_probes
+    from .state import StateDir
+    from .verdict import judge
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        config = build_config(args)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        _emit(render_failure(f"configuration error: {exc}", time.time()))
+        return EXIT_CONFIG
+    probes = selected_probes(config)
+    report = run_probes(probes, probe_settings(config, probes), config["DEADLINE"],
+                        state=StateDir(config["STATE_DIR"]), force=args.force, condor=config.condor)
+    _emit(render(report, judge(report.results), time.time()))
+    return EXIT_STATE if report.state_error else EXIT_OK
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    config = build_config(args)
+    where = ("found" + (f" (CONDOR_CONFIG={os.environ['CONDOR_CONFIG']})" if os.environ.get("CONDOR_CONFIG") else "")
+             if config.condor.available else "not used: built-in defaults and _CONDOR_ environment only")
+    lines = [f"# HTCondor configuration: {where}"] + describe(config, all_knobs())
+    _emit("".join(line + "\n" for line in lines))
+    return EXIT_OK
+
+
+def cmd_probes(args: argparse.Namespace) -> int:
+    classes = _probe_classes()
+    width = max(len(n) for n in classes)
+    _emit("".join(f"{n:<{width}}  {'on ' if c.enabled_by_default else 'off'}  {c.description}\n"
+                  for n, c in classes.items()))
+    return EXIT_OK
+
+
+def _emit(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------- parsing
+
+DESCRIPTION = "Health and benchmark probes for an HTCondor execute node."
+EPILOG = """commands:
+  cron      run the probes and print ClassAd attributes for STARTD_CRON (ends with a '-' line)
+  config    print the effective configuration and where each value came from
+  probes    list the available probes
+
+Every option --NAME has the HTCondor configuration variable STARTD_HEALTH_NAME
+(e.g. --container-images is STARTD_HEALTH_CONTAINER_IMAGES); an option given
+here wins over the configuration. The startd runs `startd-health-cron`, which
+is `startd-health cron` with the cron job name as first argument."""
+
+
+def make_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-d", "--debug", action="store_true", help="log debugging messages to stderr")
+    common.add_argument("--no-condor-config", action="store_true",
+                        help="ignore HTCondor's configuration (use defaults and options only)")
+    knob_options = argparse.ArgumentParser(add_help=False)
+    group = knob_options.add_argument_group("configuration (each overrides STARTD_HEALTH_<NAME>)")
+    for knob in all_knobs():
+        group.add_argument(knob.flag, dest=knob.dest, metavar=knob.metavar, help=knob.help)
+
+    parser = argparse.ArgumentParser(prog="startd-health", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common])
+    parser.add_argument("-V", "--version", action="version", version=f"startd-health {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    cron = sub.add_parser("cron", parents=[common, knob_options], help="print ClassAd lines for STARTD_CRON",
+                          description="Run the probes (re-using recent results) and print the node's health "
+                                      "as ClassAd attributes for the condor_startd, ending with a '-' line.")
+    cron.add_argument("--force", action="store_true", help="run every probe now, even if a recent result exists")
+    cron.set_defaults(func=cmd_cron)
+    config = sub.add_parser("config", parents=[common, knob_options], help="print the effective configuration",
+                            description="Print every STARTD_HEALTH_ knob with its effective value and source.")
+    config.set_defaults(func=cmd_config)
+    probes = sub.add_parser("probes", parents=[common], help="list the available probes")
+    probes.set_defaults(func=cmd_probes)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="startd-health: %(levelname)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_usage(sys.stderr)
+        print("startd-health: error: a command is required (cron, config, probes)", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"startd-health: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+def cron_main() -> None:
+    """Entry point for STARTD_CRON_<JOB>_EXECUTABLE: argv[1] is the cron job name."""
+    argv = sys.argv[1:]
+    if argv and not argv[0].startswith("-"):
+        argv = argv[1:]
+    code = EXIT_INTERNAL
+    try:
+        code = main(["cron", *argv])
+    except SystemExit as exc:  # argparse: usage error
+        code = exc.code if isinstance(exc.code, int) else EXIT_CONFIG
+        if code != EXIT_OK:
+            from .cron import render_failure
+            _emit(render_failure("startd-health-cron: bad arguments (see StartLog)", time.time()))
+    except Exception as exc:  # never leave the startd without a complete ad
+        logging.getLogger("startd-health").exception("internal error")
+        from .cron import render_failure
+        _emit(render_failure(f"internal error: {type(exc).__name__}: {exc}", time.time()))
+    # Abandoned probe threads or children must not keep us alive.
+    sys.stdout.flush()
+    os._exit(code)
+
+
+def run() -> None:
+    """Entry point for `startd-health`."""
+    try:
+        code = main()
+    except Exception as exc:
+        logging.getLogger("startd-health").exception("internal error")
+        print(f"startd-health: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        code = EXIT_INTERNAL
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

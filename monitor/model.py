@@ -1,0 +1,131 @@
+"""The typed result every probe returns, and the base class of probes.
+
+Probes know nothing of ClassAds or Prometheus: they return a ProbeResult
+made of a status, a one-line reason, measurements with units and the facts
+they found. Renderers in monitor/ decide how each output spells them.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+# A fact is what a probe found out, in the few shapes every output can carry.
+Fact = Union[bool, int, float, str, Tuple[str, ...]]
+
+
+class Status(str, enum.Enum):
+    OK = "ok"              # works as it should
+    DEGRADED = "degraded"  # works, with a defect jobs may care about (reason says which)
+    FAILED = "failed"      # broken: the node must not take jobs that need this
+    SKIPPED = "skipped"    # not applicable here (e.g. no GPU): neither good nor bad
+
+    @property
+    def usable(self) -> bool:
+        """True unless the probe failed: the value a START expression gates on."""
+        return self is not Status.FAILED
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A number with its unit, e.g. Measurement("launch", 0.14, "seconds", {"image": "el9"}).
+
+    Units are Prometheus base units spelled out (seconds, bytes, ratio, ...);
+    labels distinguish several measurements of one kind within a probe.
+    """
+
+    name: str
+    value: float
+    unit: str
+    labels: Tuple[Tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.labels, Mapping):
+            object.__setattr__(self, "labels", tuple(sorted(self.labels.items())))
+
+    def to_json(self) -> Dict[str, Any]:
+        value = self.value if math.isfinite(self.value) else None
+        return {"name": self.name, "value": value, "unit": self.unit, "labels": dict(self.labels)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Measurement":
+        value = data["value"]
+        return cls(str(data["name"]), float("nan") if value is None else float(value),
+                   str(data["unit"]), tuple(sorted((str(k), str(v)) for k, v in data.get("labels", {}).items())))
+
+
+def _fact_from_json(value: Any) -> Fact:
+    if isinstance(value, list):
+        return tuple(str(v) for v in value)
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    raise ValueError(f"not a fact value: {value!r}")
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    probe: str
+    status: Status
+    reason: str = ""
+    facts: Mapping[str, Fact] = field(default_factory=dict)
+    measurements: Tuple[Measurement, ...] = ()
+    started_at: float = 0.0          # epoch seconds when the probe started
+    duration_seconds: float = 0.0    # how long the probe ran
+
+    def age(self, now: Optional[float] = None) -> float:
+        return max(0.0, (time.time() if now is None else now) - (self.started_at + self.duration_seconds))
+
+    def with_timing(self, started_at: float, duration_seconds: float) -> "ProbeResult":
+        return replace(self, started_at=started_at, duration_seconds=duration_seconds)
+
+    def to_json(self) -> Dict[str, Any]:
+        return {
+            "probe": self.probe,
+            "status": self.status.value,
+            "reason": self.reason,
+            "facts": {k: list(v) if isinstance(v, tuple) else v for k, v in self.facts.items()},
+            "measurements": [m.to_json() for m in self.measurements],
+            "started_at": self.started_at,
+            "duration_seconds": self.duration_seconds,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "ProbeResult":
+        return cls(
+            probe=str(data["probe"]),
+            status=Status(data["status"]),
+            reason=str(data.get("reason", "")),
+            facts={str(k): _fact_from_json(v) for k, v in data.get("facts", {}).items()},
+            measurements=tuple(Measurement.from_json(m) for m in data.get("measurements", ())),
+            started_at=float(data.get("started_at", 0.0)),
+            duration_seconds=float(data.get("duration_seconds", 0.0)),
+        )
+
+
+def failed(probe: str, reason: str, **facts: Fact) -> ProbeResult:
+    return ProbeResult(probe, Status.FAILED, reason, facts)
+
+
+class Probe:
+    """One health check. Subclasses live one per module under probes/.
+
+    ``run`` gathers facts (the only code that touches the system, always
+    through ``ctx`` so the runner can enforce budgets) and judges them into a
+    ProbeResult. It must not touch possibly-hung filesystems in this process:
+    use ``ctx.run`` so that a stuck child can be abandoned.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    default_period: ClassVar[float] = 300.0   # seconds between runs
+    default_timeout: ClassVar[float] = 60.0   # budget for one run
+    enabled_by_default: ClassVar[bool] = True
+    # Probe-specific configuration knobs (monitor.config.Knob), without the
+    # STARTD_HEALTH_ prefix; period and timeout knobs are added for every probe.
+    knobs: ClassVar[Sequence[Any]] = ()
+
+    def run(self, ctx: Any) -> ProbeResult:  # pragma: no cover - interface
+        raise NotImplementedError

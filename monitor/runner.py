@@ -1,0 +1,206 @@
+"""Run probes under time budgets; nothing a probe does can take the run down.
+
+Each probe runs in its own (daemon) thread with a budget = min(its timeout,
+what is left of the overall deadline). External commands go through
+ProbeContext.run, whose timeout is clamped to that budget and whose process
+groups the runner kills if the probe overruns. A probe that raises becomes a
+failed result naming the exception; one that does not return in time becomes
+a failed result saying so, and its thread is abandoned, never joined.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set
+
+from . import procs
+from .model import Probe, ProbeResult, Status, failed
+from .state import StateDir, StateError
+
+log = logging.getLogger(__name__)
+
+# A probe gets this long past its budget to report its own, more precise
+# timeout (its command's TERM/KILL/abandon sequence) before the runner
+# declares it hung.
+OVERRUN_GRACE_SECONDS = procs.KILL_GRACE_SECONDS + procs.REAP_WAIT_SECONDS + 0.5
+# A fresh result is re-used when younger than this fraction of the probe's
+# period, so that a probe and a cron job with the same period do not skip
+# every other run because of scheduling jitter.
+REUSE_FRACTION = 0.9
+
+
+class ProbeContext:
+    """What a probe may use: its settings, its budget, and a safe way to run commands."""
+
+    def __init__(self, probe: str, settings: Mapping[str, Any], deadline: float,
+                 condor: Any = None) -> None:
+        self.probe = probe
+        self.settings = settings
+        self.deadline = deadline  # time.monotonic() value
+        self.condor = condor      # monitor.config.CondorParams, for HTCondor's own knobs
+        self._groups: Set[int] = set()
+        self._lock = threading.Lock()
+        self._cancelled = threading.Event()
+
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+    def run(self, argv: Sequence[str], timeout: Optional[float] = None,
+            env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None) -> procs.CommandResult:
+        budget = self.remaining() if timeout is None else min(timeout, self.remaining())
+        if self._cancelled.is_set() or budget <= 0:
+            return procs.CommandResult(argv, None, "", "", 0.0, timed_out=True, error="no time left in the probe's budget")
+        return procs.run_command(argv, budget, env=env, cwd=cwd, on_start=self._started, on_end=self._ended)
+
+    def _started(self, pgid: int) -> None:
+        with self._lock:
+            self._groups.add(pgid)
+        if self._cancelled.is_set():  # raced with cancel(): do not let it live
+            procs.kill_group(pgid, signal.SIGKILL)
+
+    def _ended(self, pgid: int) -> None:
+        with self._lock:
+            self._groups.discard(pgid)
+
+    def cancel(self) -> None:
+        """Kill every process group the probe still has; later run() calls fail at once."""
+        self._cancelled.set()
+        with self._lock:
+            groups = list(self._groups)
+        for pgid in groups:
+            procs.kill_group(pgid, signal.SIGKILL)
+
+
+@dataclass
+class RunReport:
+    results: List[ProbeResult]
+    reused: Set[str] = field(default_factory=set)   # probes whose cached result was published
+    state_error: str = ""                          # why results could not be kept, if so
+    overlapped: bool = False                       # another run held the lock: cached results only
+    duration_seconds: float = 0.0
+
+
+def _execute(probe: Probe, ctx: ProbeContext, box: Dict[str, ProbeResult]) -> None:
+    started_at, t0 = time.time(), time.monotonic()
+    try:
+        result = probe.run(ctx)
+        if not isinstance(result, ProbeResult):
+            raise TypeError(f"run() returned {type(result).__name__}, not ProbeResult")
+    except Exception as exc:  # a crashing probe is a failed probe, never a crashed run
+        log.warning("probe %s crashed", probe.name, exc_info=True)
+        result = failed(probe.name, f"probe crashed: {type(exc).__name__}: {exc}")
+    box["result"] = result.with_timing(started_at, time.monotonic() - t0)
+
+
+def stale_if_old(result: ProbeResult, max_age: float, now: float) -> ProbeResult:
+    """A cached result older than max_age is not evidence of health any more."""
+    age = result.age(now)
+    if age <= max_age or result.status is Status.FAILED:
+        return result
+    return ProbeResult(result.probe, Status.FAILED, f"last result is stale ({age:.0f}s old)",
+                       result.facts, result.measurements, result.started_at, result.duration_seconds)
+
+
+def run_probes(
+    probes: Sequence[Probe],
+    probe_settings: Mapping[str, Mapping[str, Any]],
+    deadline_seconds: float,
+    state: Optional[StateDir] = None,
+    lock_wait_seconds: float = 5.0,
+    force: bool = False,
+    condor: Any = None,
+) -> RunReport:
+    """Run (or re-use recent results of) probes; always returns within the deadline.
+
+    probe_settings[name] must hold "period" and "timeout" (seconds) plus the
+    probe's own knobs.
+    """
+    t0 = time.monotonic()
+    deadline = t0 + deadline_seconds
+    state_error = ""
+    if state is not None:
+        try:
+            state.ensure()
+        except StateError as exc:
+            state_error, state = str(exc), None
+            log.warning("%s; running without cached results or a lock", state_error)
+
+    def with_lock() -> RunReport:
+        if state is None:
+            return _run_unlocked(probes, probe_settings, deadline, None, force, condor)
+        try:
+            lock = state.lock(min(lock_wait_seconds, deadline_seconds / 2))
+            with lock as acquired:
+                if acquired:
+                    return _run_unlocked(probes, probe_settings, deadline, state, force, condor)
+        except StateError as exc:
+            log.warning("%s; running without a lock", exc)
+            report = _run_unlocked(probes, probe_settings, deadline, state, force, condor)
+            report.state_error = report.state_error or str(exc)
+            return report
+        log.warning("another run holds the lock in %s: publishing cached results", state.path)
+        return _cached_only(probes, probe_settings, state)
+
+    report = with_lock()
+    report.state_error = report.state_error or state_error
+    report.duration_seconds = time.monotonic() - t0
+    return report
+
+
+def _cached_only(probes: Sequence[Probe], settings: Mapping[str, Mapping[str, Any]], state: StateDir) -> RunReport:
+    now = time.time()
+    results = []
+    for probe in probes:
+        cached = state.load(probe.name)
+        period, timeout = settings[probe.name]["period"], settings[probe.name]["timeout"]
+        if cached is None:
+            results.append(failed(probe.name, "no result yet: another run is still in progress"))
+        else:
+            results.append(stale_if_old(cached, 2 * period + timeout, now))
+    return RunReport(results, reused={p.name for p in probes}, overlapped=True)
+
+
+def _run_unlocked(probes: Sequence[Probe], settings: Mapping[str, Mapping[str, Any]], deadline: float,
+                  state: Optional[StateDir], force: bool, condor: Any) -> RunReport:
+    now = time.time()
+    results: Dict[str, ProbeResult] = {}
+    reused: Set[str] = set()
+    running = []
+    for probe in probes:
+        period, timeout = settings[probe.name]["period"], settings[probe.name]["timeout"]
+        cached = state.load(probe.name) if state is not None and not force else None
+        if cached is not None and cached.age(now) < REUSE_FRACTION * period:
+            results[probe.name] = cached
+            reused.add(probe.name)
+            continue
+        budget_end = min(deadline - OVERRUN_GRACE_SECONDS, time.monotonic() + timeout)
+        ctx = ProbeContext(probe.name, settings[probe.name], budget_end, condor)
+        box: Dict[str, ProbeResult] = {}
+        thread = threading.Thread(target=_execute, args=(probe, ctx, box), name=f"probe-{probe.name}", daemon=True)
+        thread.start()
+        running.append((probe, ctx, box, thread, budget_end, budget_end - time.monotonic(), time.time()))
+
+    for probe, ctx, box, thread, budget_end, budget, started_at in running:
+        thread.join(max(0.0, budget_end + OVERRUN_GRACE_SECONDS - time.monotonic()))
+        if "result" in box:
+            results[probe.name] = box["result"]
+            continue
+        ctx.cancel()
+        log.warning("probe %s did not finish within its budget; abandoned", probe.name)
+        results[probe.name] = failed(probe.name, f"probe did not finish within {budget:.0f}s (abandoned)").with_timing(
+            started_at, time.time() - started_at)
+
+    state_error = ""
+    if state is not None:
+        for probe, *_ in running:
+            try:
+                state.save(results[probe.name])
+            except StateError as exc:
+                state_error = state_error or str(exc)
+    if state_error:
+        log.warning("%s", state_error)
+    return RunReport([results[p.name] for p in probes], reused=reused, state_error=state_error)

@@ -1,0 +1,140 @@
+"""The state directory: the last result of every probe, and the run lock.
+
+Every file is written atomically (temporary file in the same directory, then
+rename), so a run killed in the middle of a write leaves the previous result
+in place, never half a file. A result file that cannot be parsed is treated
+as absent: the probe simply runs again.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+from typing import Dict, Iterator, Optional
+
+from .model import ProbeResult
+
+log = logging.getLogger(__name__)
+
+
+class StateError(Exception):
+    """The state directory cannot be used (message names the path and why)."""
+
+
+def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
+    """Replace path with data, so that readers see the old or the new content only."""
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fchmod(handle.fileno(), mode)  # mkstemp makes 0600; readers may be other users
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _describe(exc: OSError) -> str:
+    return exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))
+
+
+class StateDir:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.results_dir = os.path.join(path, "results")
+
+    def ensure(self) -> None:
+        try:
+            created = [d for d in (self.path, self.results_dir) if not os.path.isdir(d)]
+            os.makedirs(self.results_dir, mode=0o755, exist_ok=True)
+        except OSError as exc:
+            raise StateError(f"state directory {self.path}: {_describe(exc)}") from None
+        if created and os.geteuid() == 0:
+            # root running us by hand must not leave a directory the condor
+            # user's cron job cannot write: hand it to the parent's owner.
+            parent = os.stat(os.path.dirname(os.path.abspath(self.path)))
+            for directory in created:
+                try:
+                    os.chown(directory, parent.st_uid, parent.st_gid)
+                except OSError:
+                    pass
+
+    def _result_path(self, probe: str) -> str:
+        return os.path.join(self.results_dir, probe + ".json")
+
+    def save(self, result: ProbeResult) -> None:
+        data = json.dumps(result.to_json(), sort_keys=True).encode()
+        try:
+            write_atomic(self._result_path(result.probe), data)
+        except OSError as exc:
+            raise StateError(f"cannot save {result.probe} result in {self.results_dir}: {_describe(exc)}") from None
+
+    def load(self, probe: str) -> Optional[ProbeResult]:
+        path = self._result_path(probe)
+        try:
+            with open(path, "rb") as handle:
+                return ProbeResult.from_json(json.loads(handle.read()))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring unreadable state file %s: %s", path, exc)
+            return None
+
+    def load_all(self) -> Dict[str, ProbeResult]:
+        results: Dict[str, ProbeResult] = {}
+        try:
+            names = sorted(os.listdir(self.results_dir))
+        except OSError:
+            return results
+        for name in names:
+            if name.endswith(".json") and not name.startswith("."):
+                result = self.load(name[:-5])
+                if result is not None:
+                    results[result.probe] = result
+        return results
+
+    @contextmanager
+    def lock(self, wait_seconds: float) -> Iterator[bool]:
+        """Hold the run lock; yields False if another run kept it for wait_seconds.
+
+        flock is released by the kernel when the holder dies, so a killed run
+        never leaves a stale lock. The descriptor is close-on-exec, so children
+        (even abandoned ones) never inherit it.
+        """
+        path = os.path.join(self.path, "run.lock")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except PermissionError:
+            # Created by another user (e.g. root ran us by hand): a read-only
+            # descriptor can still be flocked.
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise StateError(f"lock file {path}: {_describe(exc)}") from None
+        except OSError as exc:
+            raise StateError(f"lock file {path}: {_describe(exc)}") from None
+        try:
+            deadline = time.monotonic() + wait_seconds
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        yield False
+                        return
+                    time.sleep(0.05)
+            yield True
+        finally:
+            os.close(fd)

@@ -1,0 +1,224 @@
+"""Container runtime probe: is there an Apptainer/Singularity that can start
+the site's images, in which mode, and how fast?
+
+Gather (touches the system, only through ctx.run): find the runtime, read its
+version, launch each configured image with the configured flags running
+`cat /proc/self/uid_map`. Judge (pure): turn those facts into a result.
+
+The uid_map read inside the container tells the mode apart, as GlideinWMS
+does: the full identity map means no user namespace (setuid starter, or
+root); a one-line map of our own uid means an unprivileged user namespace;
+root inside mapped to our uid outside means fakeroot. Exit 0 with any other
+output counts as a failed launch.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence, Tuple
+
+from monitor.config import Knob, format_args, parse_args, parse_list, parse_seconds, parse_string
+from monitor.model import Measurement, Probe, ProbeResult, Status
+from monitor.procs import CommandResult, last_line
+
+RUNTIME_NAMES = ("apptainer", "singularity")
+DEFAULT_FLAGS = "--ipc --pid --contain"   # the OSG/GlideinWMS set
+VERSION_TIMEOUT = 10.0
+_IMAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def parse_images(text: str) -> Tuple[str, ...]:
+    """`name=path` or `path` entries -> normalised `name=path` entries.
+
+    The name is what jobs match on (e.g. el9); without one it is the file
+    name less a .sif/.img suffix.
+    """
+    entries = []
+    seen = set()
+    for item in parse_list(text):
+        name, sep, path = item.partition("=")
+        if not sep:
+            path = item
+            base = os.path.basename(path.rstrip("/")) or path
+            name = re.sub(r"\.(sif|img|simg)$", "", base)
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).lstrip("._-") or "image"
+        if not path:
+            raise ValueError(f"image entry {item!r} has no path")
+        if not _IMAGE_NAME.match(name):
+            raise ValueError(f"image name {name!r} must be letters, digits, '_', '.' or '-'")
+        if name in seen:
+            raise ValueError(f"image name {name!r} is used twice (name them: name=path)")
+        seen.add(name)
+        entries.append(f"{name}={path}")
+    return tuple(entries)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    path: str
+    source: str                            # how it was found, for the reason text
+    env: Optional[Mapping[str, str]] = None  # environment after a module load, if any
+
+
+@dataclass(frozen=True)
+class Launch:
+    image: str          # the name jobs match on
+    path: str
+    ok: bool
+    seconds: float
+    mode: str = ""      # privileged | unprivileged | fakeroot (when ok)
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Gathered:
+    runtime: Optional[Runtime]
+    runtime_error: str = ""
+    name: str = ""           # apptainer | singularity | singularity-ce ...
+    version: str = ""
+    version_error: str = ""
+    launches: Tuple[Launch, ...] = ()
+
+
+# ---------------------------------------------------------------- gather
+
+def find_runtime(ctx) -> Tuple[Optional[Runtime], str]:
+    configured = ctx.settings["runtime"]
+    if configured:
+        path = configured if os.path.isabs(configured) else shutil.which(configured)
+        if path and os.access(path, os.X_OK):
+            return Runtime(path, "STARTD_HEALTH_CONTAINER_RUNTIME"), ""
+        return None, f"configured runtime {configured} is not an executable"
+    module_command = ctx.settings["module"]
+    if module_command:
+        return runtime_from_module(ctx, module_command)
+    condor_path = ctx.condor.get("SINGULARITY") if ctx.condor is not None else None
+    if condor_path and os.path.isabs(condor_path) and os.access(condor_path, os.X_OK) and not os.path.isdir(condor_path):
+        return Runtime(condor_path, "HTCondor SINGULARITY"), ""
+    for name in RUNTIME_NAMES:
+        path = shutil.which(name)
+        if path:
+            return Runtime(path, "PATH"), ""
+    return None, "no apptainer or singularity in PATH (" + os.environ.get("PATH", "") + ")"
+
+
+def runtime_from_module(ctx, module_command: str) -> Tuple[Optional[Runtime], str]:
+    """Run e.g. `module load apptainer` in a login shell; take the runtime and environment it leaves."""
+    shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
+    script = (module_command + " >&2 || exit 97\n"
+              "p=$(command -v apptainer || command -v singularity) || exit 98\n"
+              "printf '%s\\n' \"$p\"; env -0\n")
+    result = ctx.run([shell, "-lc", script], timeout=VERSION_TIMEOUT)
+    if result.returncode == 98:
+        return None, f"no apptainer or singularity after {module_command!r}"
+    if not result.ok:
+        return None, f"{module_command!r} failed: {result.describe_failure()}"
+    path, _, env_text = result.stdout.partition("\n")
+    env = dict(item.split("=", 1) for item in env_text.split("\0") if "=" in item)
+    return Runtime(path.strip(), f"module command {module_command!r}", env), ""
+
+
+def parse_version(text: str) -> Tuple[str, str]:
+    """'apptainer version 1.4.5-1' -> ('apptainer', '1.4.5-1')."""
+    line = last_line(text)
+    match = re.match(r"^\s*([A-Za-z][\w.-]*)\s+version\s+(\S+)", line)
+    if match:
+        return match.group(1), match.group(2)
+    return "", line
+
+
+def classify_uid_map(text: str, uid: int) -> str:
+    """Mode from /proc/self/uid_map as seen inside the container; '' if not a uid_map."""
+    rows = []
+    for line in text.strip().splitlines():
+        fields = line.split()
+        if len(fields) != 3 or not all(f.isdigit() for f in fields):
+            return ""
+        rows.append(tuple(int(f) for f in fields))
+    if not rows:
+        return ""
+    inside, outside, count = rows[0]
+    if inside == 0 and outside == 0 and count == 4294967295:
+        return "privileged"            # no user namespace: setuid starter, or running as root
+    if inside == uid and outside == uid:
+        return "unprivileged"          # user namespace mapping our own uid
+    if inside == 0 and outside == uid:
+        return "fakeroot"
+    return "unprivileged"
+
+
+def launch(ctx, runtime: Runtime, image: str, path: str, flags: Sequence[str], timeout: float) -> Launch:
+    result: CommandResult = ctx.run([runtime.path, "exec", *flags, path, "cat", "/proc/self/uid_map"],
+                                    timeout=timeout, env=runtime.env)
+    if not result.ok:
+        return Launch(image, path, False, result.duration_seconds, error=result.describe_failure())
+    mode = classify_uid_map(result.stdout, os.getuid())
+    if not mode:
+        return Launch(image, path, False, result.duration_seconds,
+                      error=f"exit 0 but unexpected output: {last_line(result.stdout)!r}")
+    return Launch(image, path, True, result.duration_seconds, mode=mode)
+
+
+def gather(ctx) -> Gathered:
+    runtime, error = find_runtime(ctx)
+    if runtime is None:
+        return Gathered(None, runtime_error=error)
+    version = ctx.run([runtime.path, "--version"], timeout=VERSION_TIMEOUT, env=runtime.env)
+    if not version.ok:
+        return Gathered(runtime, version_error=version.describe_failure())
+    name, number = parse_version(version.stdout)
+    launches = []
+    for entry in ctx.settings["images"]:
+        image, _, path = entry.partition("=")
+        launches.append(launch(ctx, runtime, image, path, ctx.settings["flags"], ctx.settings["launch_timeout"]))
+    return Gathered(runtime, name=name or os.path.basename(runtime.path), version=number, launches=tuple(launches))
+
+
+# ---------------------------------------------------------------- judge
+
+def judge(g: Gathered) -> ProbeResult:
+    if g.runtime is None:
+        return ProbeResult("container", Status.FAILED, g.runtime_error, {"available": False})
+    facts = {"path": g.runtime.path}
+    if g.version_error:
+        return ProbeResult("container", Status.FAILED, f"{g.runtime.path} --version: {g.version_error}",
+                           dict(facts, available=False))
+    ok = tuple(l.image for l in g.launches if l.ok)
+    bad = tuple(l.image for l in g.launches if not l.ok)
+    modes = sorted({l.mode for l in g.launches if l.ok})
+    facts.update(runtime=g.name, version=g.version, images_ok=ok, images_failed=bad,
+                 mode=",".join(modes), available=bool(ok) or not g.launches)
+    measurements = tuple(Measurement("launch", l.seconds, "seconds", {"image": l.image}) for l in g.launches if l.ok)
+    what = f"{g.name} {g.version}" + (f" ({facts['mode']})" if modes else "")
+    if not g.launches:
+        return ProbeResult("container", Status.OK, f"{what}; no image configured to launch", facts, measurements)
+    errors = "; ".join(f"{l.image}: {l.error}" for l in g.launches if not l.ok)
+    summary = f"{what}: {len(ok)}/{len(g.launches)} images launch"
+    if not bad:
+        return ProbeResult("container", Status.OK, summary, facts, measurements)
+    status = Status.DEGRADED if ok else Status.FAILED
+    return ProbeResult("container", status, f"{summary}; {errors}", facts, measurements)
+
+
+class ContainerProbe(Probe):
+    name = "container"
+    description = "Apptainer/Singularity: found, version, launch of each configured image, mode, launch time"
+    default_period = 300.0
+    default_timeout = 120.0
+    knobs = (
+        Knob("CONTAINER_RUNTIME", parse_string, "", "runtime to test (path or name); default: HTCondor's "
+             "SINGULARITY if it is an executable, else apptainer or singularity from PATH", "PATH"),
+        Knob("CONTAINER_MODULE", parse_string, "", "shell command that makes the runtime available, run in a "
+             "login shell (e.g. 'module load apptainer')", "COMMAND"),
+        Knob("CONTAINER_IMAGES", parse_images, (), "images to launch, as [name=]path entries separated by "
+             "commas or spaces; the names are what jobs match on", "LIST"),
+        Knob("CONTAINER_FLAGS", parse_args, parse_args(DEFAULT_FLAGS), "flags given to `exec` for each "
+             "launch test", "FLAGS", format_args),
+        Knob("CONTAINER_LAUNCH_TIMEOUT", parse_seconds, 30.0, "budget for one image launch", "SECONDS"),
+    )
+
+    def run(self, ctx) -> ProbeResult:
+        return judge(gather(ctx))
