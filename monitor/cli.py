@@ -162,7 +162,8 @@ EPILOG = """commands:
 Every option --NAME has the HTCondor configuration variable STARTD_HEALTH_NAME
 (e.g. --container-images is STARTD_HEALTH_CONTAINER_IMAGES); an option given
 here wins over the configuration. The startd runs `startd-health-cron`, which
-is `startd-health cron` with the cron job name as first argument."""
+is `startd-health cron` that prints a complete (unhealthy) ad even when its
+own arguments are wrong."""
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -211,10 +212,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def cron_main() -> None:
-    """Entry point for STARTD_CRON_<JOB>_EXECUTABLE: argv[1] is the cron job name."""
+    """Entry point for STARTD_CRON_<JOB>_EXECUTABLE: `startd-health cron` that
+    prints a complete ad even when its arguments are wrong.
+
+    (Measured on 23.9 and 25.14: the startd passes only the configured ARGS.)
+    """
     argv = sys.argv[1:]
-    if argv and not argv[0].startswith("-"):
-        argv = argv[1:]
     code = EXIT_INTERNAL
     try:
         code = main(["cron", *argv])

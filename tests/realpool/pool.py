@@ -1,0 +1,218 @@
+"""A real HTCondor personal pool (condor_master, collector, negotiator, schedd,
+startd) and real Apptainer, inside a Debian root filesystem built by
+rootfs.sh. Used by the end-to-end tests; nothing here is mocked.
+
+The pool listens on 127.0.0.1 only and runs with ENABLE_KERNEL_TUNING =
+False: a root condor_master would otherwise rewrite this machine's sysctls.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+ROOTFS_SH = os.path.join(HERE, "rootfs.sh")
+PORTS = {"mix": 29618, "sid": 29619}
+PIDFILE = "/tmp/condor/run/master.pid"
+INSTALL = "/opt/startd-health"
+# What gets copied into the root filesystem to install the project.
+PROJECT_FILES = ("pyproject.toml", "README.md", "monitor", "probes", "packaging")
+
+POOL_CONF = """\
+# Personal pool for startd-health's end-to-end tests (loopback only)
+use ROLE: Personal
+CONDOR_HOST = 127.0.0.1
+COLLECTOR_HOST = $(CONDOR_HOST):{port}
+NETWORK_INTERFACE = 127.0.0.1
+BIND_ALL_INTERFACES = False
+ENABLE_IPV6 = False
+# A root condor_master otherwise runs linux_kernel_tuning and rewrites the
+# HOST's sysctls (pid_max, ip_local_port_range, ...).
+ENABLE_KERNEL_TUNING = False
+LOCAL_DIR = /tmp/condor
+LOG = $(LOCAL_DIR)/log
+SPOOL = $(LOCAL_DIR)/spool
+LOCK = $(LOCAL_DIR)/lock
+RUN = $(LOCAL_DIR)/run
+CRED_STORE_DIR = $(LOCAL_DIR)/cred_dir
+# Not under /tmp: Apptainer's scratch mounts would hide it from jobs.
+EXECUTE = /var/lib/condor/execute
+SCHEDD_INTERVAL = 5
+NEGOTIATOR_INTERVAL = 2
+NEGOTIATOR_CYCLE_DELAY = 5
+STARTER_UPDATE_INTERVAL = 5
+SHADOW_QUEUE_UPDATE_INTERVAL = 10
+UPDATE_INTERVAL = 5
+STARTD_CRON_LOG_NON_ZERO_EXIT = True
+"""
+
+
+class PoolError(AssertionError):
+    pass
+
+
+class RealPool:
+    def __init__(self, variant: str) -> None:
+        self.variant = variant
+        self.port = PORTS[variant]
+        self.env = dict(os.environ, VARIANT=variant)
+        self.rootfs = ""
+
+    # ------------------------------------------------------------ rootfs
+    def build(self) -> None:
+        """Build (or reuse the cached) root filesystem; raises with the reason if it cannot."""
+        if os.geteuid() != 0:
+            raise PoolError("the end-to-end tests need root (unshare, mount, mknod, mmdebstrap)")
+        proc = subprocess.run([ROOTFS_SH, "build"], env=self.env, capture_output=True, text=True, timeout=1800)
+        if proc.returncode != 0:
+            raise PoolError(f"cannot build the {self.variant} root filesystem:\n{proc.stderr[-4000:]}")
+        self.rootfs = subprocess.run([ROOTFS_SH, "path"], env=self.env, capture_output=True, text=True,
+                                     check=True).stdout.strip()
+
+    def path(self, inside: str) -> str:
+        return os.path.join(self.rootfs, inside.lstrip("/"))
+
+    def enter(self, *argv: str, user: Optional[str] = None, timeout: float = 120, check: bool = True,
+              input: Optional[str] = None) -> subprocess.CompletedProcess:
+        cmd = list(argv)
+        if user:
+            cmd = ["runuser", "-u", user, "--", *cmd]
+        proc = subprocess.run([ROOTFS_SH, "enter", *cmd], env=self.env, capture_output=True, text=True,
+                              timeout=timeout, input=input)
+        if check and proc.returncode != 0:
+            raise PoolError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+        return proc
+
+    def sh(self, script: str, user: Optional[str] = None, **kw: Any) -> subprocess.CompletedProcess:
+        return self.enter("/bin/sh", "-c", script, user=user, **kw)
+
+    def write(self, inside: str, text: str, mode: int = 0o644) -> None:
+        path = self.path(inside)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as handle:
+            handle.write(text)
+        os.chmod(path, mode)
+
+    def install_project(self) -> None:
+        """Install this checkout into a venv in the root filesystem (Debian's
+        python3 and its htcondor2, psutil, numpy, ... from the distribution)."""
+        src = self.path(INSTALL + "/src")
+        shutil.rmtree(self.path(INSTALL), ignore_errors=True)
+        os.makedirs(src)
+        for name in PROJECT_FILES:
+            origin = os.path.join(REPO, name)
+            if os.path.isdir(origin):
+                shutil.copytree(origin, os.path.join(src, name), ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(origin, src)
+        self.sh(f"python3 -m venv --system-site-packages {INSTALL}/venv && "
+                f"{INSTALL}/venv/bin/pip install --quiet --no-deps --no-index --no-build-isolation {INSTALL}/src && "
+                f"chmod -R a+rX {INSTALL}", timeout=300)
+
+    # ------------------------------------------------------------ pool
+    def configure(self, *snippets: str, extra: str = "") -> None:
+        """Pool config + the project's own packaging snippets + test overrides."""
+        confd = self.path("/etc/condor/config.d")
+        for name in os.listdir(confd):
+            if name.startswith(("00-pool", "5", "99-test")):
+                os.unlink(os.path.join(confd, name))
+        self.write("/etc/condor/config.d/00-pool.conf", POOL_CONF.format(port=self.port))
+        for snippet in snippets:
+            shutil.copy(os.path.join(REPO, "packaging", "condor", snippet), confd)
+        self.write("/etc/condor/config.d/99-test.conf",
+                   f"STARTD_HEALTH_CRON = {INSTALL}/venv/bin/startd-health-cron\n" + extra)
+
+    def master_pid(self) -> Optional[int]:
+        try:
+            with open(self.path(PIDFILE)) as handle:
+                return int(handle.read().strip())
+        except (OSError, ValueError):
+            return None
+
+    def running(self) -> bool:
+        pid = self.master_pid()
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
+    def start(self) -> None:
+        self.stop()
+        shutil.rmtree(self.path("/tmp/condor"), ignore_errors=True)
+        self.sh("for d in log spool lock run; do install -d -o condor -g condor -m 0755 /tmp/condor/$d; done; "
+                "install -d -m 0700 /tmp/condor/cred_dir")
+        self.enter("condor_master", "-pidfile", PIDFILE)
+        self.wait_for(lambda: self.master_pid() is not None, 10, "condor_master pid file")
+
+    def stop(self) -> None:
+        pid = self.master_pid()
+        if pid is None or not self.running():
+            return
+        os.kill(pid, signal.SIGQUIT)  # fast shutdown of the master and all its daemons
+        deadline = time.monotonic() + 20
+        while self.running() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if self.running():
+            os.kill(pid, signal.SIGKILL)
+
+    def reconfig(self) -> None:
+        self.enter("condor_reconfig")
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            try:
+                last = predicate()
+            except (PoolError, subprocess.TimeoutExpired) as exc:
+                last = exc
+            if last and not isinstance(last, Exception):
+                return last
+            time.sleep(interval)
+        raise PoolError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r}); "
+                        f"StartLog tail:\n{self.log_tail('StartLog')}")
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        try:
+            with open(self.path(f"/tmp/condor/log/{name}"), errors="replace") as handle:
+                return "".join(handle.readlines()[-lines:])
+        except OSError as exc:
+            return str(exc)
+
+    # ------------------------------------------------------------ queries
+    def slots(self, *attrs: str) -> List[Dict[str, Any]]:
+        """Slot ads as JSON, from the real collector via condor_status."""
+        argv = ["condor_status", "-json"]
+        if attrs:
+            argv += ["-attributes", ",".join(("Name",) + attrs)]
+        out = self.enter(*argv, timeout=30).stdout
+        return json.loads(out) if out.strip() else []
+
+    def slot_ad_text(self) -> str:
+        return self.enter("condor_status", "-long", timeout=30).stdout
+
+    def submit(self, description: str, user: str = "tester") -> int:
+        self.write(f"/home/{user}/job.sub", description)
+        out = self.sh(f"cd /home/{user} && condor_submit -terse job.sub", user=user).stdout
+        return int(out.split(".")[0])
+
+    def job_status(self, cluster: int) -> Optional[int]:
+        """JobStatus of a job in the queue, or in history once it has left (4 = completed)."""
+        out = self.enter("condor_q", "-all", str(cluster), "-af", "JobStatus", timeout=30).stdout.strip()
+        if out:
+            return int(out.split()[0])
+        out = self.enter("condor_history", str(cluster), "-af", "JobStatus", "-limit", "1", timeout=30).stdout.strip()
+        return int(out.split()[0]) if out else None
+
+    def analyze(self, cluster: int) -> str:
+        return self.enter("condor_q", "-better-analyze", str(cluster), timeout=60, check=False).stdout
