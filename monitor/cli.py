@@ -69,13 +69,16 @@ def build_config(args: argparse.Namespace) -> Config:
     knobs = all_knobs()
     flags = {k.name: getattr(args, k.dest, None) for k in knobs}
     condor = CondorParams(False if args.no_condor_config else None)
-    config = load_config(knobs, flags, condor, {"STATE_DIR": _default_state_dir})
     known = _probe_classes()
-    if config["PROBES"] is not None:
-        unknown = [p for p in config["PROBES"] if p not in known]
-        if unknown:
-            raise ConfigError(f"STARTD_HEALTH_PROBES ({config.source('PROBES')}): unknown probe "
-                              f"{', '.join(unknown)} (known: {', '.join(known)})")
+    enabled = tuple(n for n, c in known.items() if c.enabled_by_default)
+    config = load_config(knobs, flags, condor, {
+        "STATE_DIR": _default_state_dir,
+        "PROBES": lambda _: (enabled, "default (probes enabled by default)"),
+    })
+    unknown = [p for p in config["PROBES"] if p not in known]
+    if unknown:
+        raise ConfigError(f"STARTD_HEALTH_PROBES ({config.source('PROBES')}): unknown probe "
+                          f"{', '.join(unknown)} (known: {', '.join(known)})")
     if config["DEADLINE"] < MIN_DEADLINE:
         raise ConfigError(f"STARTD_HEALTH_DEADLINE = {config['DEADLINE']:g} ({config.source('DEADLINE')}): "
                           f"must be at least {MIN_DEADLINE:g} seconds")
@@ -84,9 +87,7 @@ def build_config(args: argparse.Namespace) -> Config:
 
 def selected_probes(config: Config) -> List[Any]:
     classes = _probe_classes()
-    names = config["PROBES"] if config["PROBES"] is not None else [
-        n for n, c in classes.items() if c.enabled_by_default]
-    return [classes[n]() for n in names]
+    return [classes[n]() for n in config["PROBES"]]
 
 
 def probe_settings(config: Config, probes: Sequence[Any]) -> Dict[str, Mapping[str, Any]]:

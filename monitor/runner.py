@@ -10,6 +10,8 @@ a failed result saying so, and its thread is abandoned, never joined.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import signal
 import threading
@@ -84,6 +86,10 @@ class RunReport:
     duration_seconds: float = 0.0
 
 
+def settings_digest(settings: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def _execute(probe: Probe, ctx: ProbeContext, box: Dict[str, ProbeResult]) -> None:
     started_at, t0 = time.time(), time.monotonic()
     try:
@@ -155,7 +161,7 @@ def _cached_only(probes: Sequence[Probe], settings: Mapping[str, Mapping[str, An
     now = time.time()
     results = []
     for probe in probes:
-        cached = state.load(probe.name)
+        cached = state.load(probe.name, settings_digest(settings[probe.name]))
         period, timeout = settings[probe.name]["period"], settings[probe.name]["timeout"]
         if cached is None:
             results.append(failed(probe.name, "no result yet: another run is still in progress"))
@@ -172,7 +178,8 @@ def _run_unlocked(probes: Sequence[Probe], settings: Mapping[str, Mapping[str, A
     running = []
     for probe in probes:
         period, timeout = settings[probe.name]["period"], settings[probe.name]["timeout"]
-        cached = state.load(probe.name) if state is not None and not force else None
+        digest = settings_digest(settings[probe.name])
+        cached = state.load(probe.name, digest) if state is not None and not force else None
         if cached is not None and cached.age(now) < REUSE_FRACTION * period:
             results[probe.name] = cached
             reused.add(probe.name)
@@ -182,9 +189,9 @@ def _run_unlocked(probes: Sequence[Probe], settings: Mapping[str, Mapping[str, A
         box: Dict[str, ProbeResult] = {}
         thread = threading.Thread(target=_execute, args=(probe, ctx, box), name=f"probe-{probe.name}", daemon=True)
         thread.start()
-        running.append((probe, ctx, box, thread, budget_end, budget_end - time.monotonic(), time.time()))
+        running.append((probe, digest, ctx, box, thread, budget_end, budget_end - time.monotonic(), time.time()))
 
-    for probe, ctx, box, thread, budget_end, budget, started_at in running:
+    for probe, digest, ctx, box, thread, budget_end, budget, started_at in running:
         thread.join(max(0.0, budget_end + OVERRUN_GRACE_SECONDS - time.monotonic()))
         if "result" in box:
             results[probe.name] = box["result"]
@@ -196,9 +203,9 @@ def _run_unlocked(probes: Sequence[Probe], settings: Mapping[str, Mapping[str, A
 
     state_error = ""
     if state is not None:
-        for probe, *_ in running:
+        for probe, digest, *_ in running:
             try:
-                state.save(results[probe.name])
+                state.save(results[probe.name], digest)
             except StateError as exc:
                 state_error = state_error or str(exc)
     if state_error:

@@ -73,18 +73,25 @@ class StateDir:
     def _result_path(self, probe: str) -> str:
         return os.path.join(self.results_dir, probe + ".json")
 
-    def save(self, result: ProbeResult) -> None:
-        data = json.dumps(result.to_json(), sort_keys=True).encode()
+    def save(self, result: ProbeResult, settings_digest: str = "") -> None:
+        """settings_digest: what the probe was configured with, so that a
+        result is never re-used after the configuration changed."""
+        data = json.dumps(dict(result.to_json(), settings_digest=settings_digest), sort_keys=True).encode()
         try:
             write_atomic(self._result_path(result.probe), data)
         except OSError as exc:
             raise StateError(f"cannot save {result.probe} result in {self.results_dir}: {_describe(exc)}") from None
 
-    def load(self, probe: str) -> Optional[ProbeResult]:
+    def load(self, probe: str, settings_digest: Optional[str] = None) -> Optional[ProbeResult]:
+        """The last result; None if absent, unreadable, or (when a digest is
+        given) gathered with other settings."""
         path = self._result_path(probe)
         try:
             with open(path, "rb") as handle:
-                return ProbeResult.from_json(json.loads(handle.read()))
+                data = json.loads(handle.read())
+            if settings_digest is not None and data.get("settings_digest") != settings_digest:
+                return None
+            return ProbeResult.from_json(data)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -1,0 +1,66 @@
+"""Small helpers shared by the unit tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from typing import List, Sequence
+
+import classad2
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run_cli(args: Sequence[str], env, timeout: float = 60, entry: str = "monitor") -> subprocess.CompletedProcess:
+    if entry == "cron":
+        argv = [sys.executable, "-c", "from monitor.cli import cron_main; cron_main()", *args]
+    else:
+        argv = [sys.executable, "-m", "monitor", *args]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def parse_cron_output(text: str) -> classad2.ClassAd:
+    """Parse cron output the strict way: every line on its own, with the real
+    ClassAd library (parseAds would silently stop at a malformed line).
+
+    Asserts the protocol: newline-terminated lines, a final '-' line, and each
+    line defining exactly one attribute, the one it names.
+    """
+    assert text.endswith("\n"), "last line not newline-terminated"
+    lines = text.splitlines()
+    assert lines and lines[-1].startswith("-"), "output does not end with a '-' line"
+    ad = classad2.ClassAd()
+    for line in lines[:-1]:
+        assert not line.startswith("-"), f"'-' line in the middle: {line!r}"
+        name, sep, _ = line.partition(" = ")
+        assert sep and name.isidentifier(), f"not an attribute line: {line!r}"
+        one = classad2.ClassAd("[" + line + "]")
+        assert list(one.keys()) == [name], f"line defines {list(one.keys())}, not just {name}: {line!r}"
+        assert name not in ad, f"attribute {name} printed twice"
+        ad[name] = one.lookup(name)
+    return ad
+
+
+def pids_alive(pids: List[int]) -> List[int]:
+    alive = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                state = handle.read().rsplit(")", 1)[1].split()[0]
+            if state != "Z":
+                alive.append(pid)
+        except OSError:
+            pass
+    return alive
+
+
+def wait_gone(pids: List[int], timeout: float = 5.0) -> List[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = pids_alive(pids)
+        if not alive:
+            return []
+        time.sleep(0.05)
+    return pids_alive(pids)

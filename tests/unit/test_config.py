@@ -1,0 +1,105 @@
+"""Configuration: parsing, precedence, and one clear error line for bad values."""
+
+import pytest
+
+from monitor.config import (CondorParams, ConfigError, Knob, load_config, parse_bool, parse_list,
+                            parse_seconds)
+
+from .helpers import run_cli
+
+
+class FakeCondor(CondorParams):
+    """Stands in for htcondor2.param in logic tests (the real one is used end to end)."""
+
+    def __init__(self, values):
+        self.available = True
+        self.values = values
+
+    def get(self, name):
+        return self.values.get(name)
+
+
+KNOBS = [Knob("DEADLINE", parse_seconds, 150.0, "h"), Knob("PROBES", parse_list, None, "h"),
+         Knob("FLAG", parse_bool, False, "h")]
+
+
+def test_parsers():
+    assert parse_seconds("90") == 90 and parse_seconds("5m") == 300 and parse_seconds(" 1.5h ") == 5400
+    assert parse_list("a, b  c,,d") == ("a", "b", "c", "d")
+    assert parse_bool("Yes") is True and parse_bool("FALSE") is False
+    for bad in ("", "5 minutes", "-1", "1d"):
+        with pytest.raises(ValueError):
+            parse_seconds(bad)
+
+
+def test_precedence_flag_over_environment_over_condor_over_default():
+    condor = FakeCondor({"STARTD_HEALTH_DEADLINE": "60", "STARTD_HEALTH_PROBES": "container"})
+    config = load_config(KNOBS, {"DEADLINE": None}, condor, environ={"_CONDOR_STARTD_HEALTH_PROBES": "x y"})
+    assert config["DEADLINE"] == 60 and config.source("DEADLINE") == "HTCondor config STARTD_HEALTH_DEADLINE"
+    assert config["PROBES"] == ("x", "y") and config.source("PROBES") == "environment _CONDOR_STARTD_HEALTH_PROBES"
+    assert config["FLAG"] is False and config.source("FLAG") == "default"
+    config = load_config(KNOBS, {"DEADLINE": "2m"}, condor, environ={})
+    assert config["DEADLINE"] == 120 and config.source("DEADLINE") == "command line --deadline"
+
+
+def test_invalid_value_names_knob_value_and_source():
+    with pytest.raises(ConfigError) as err:
+        load_config(KNOBS, {}, FakeCondor({"STARTD_HEALTH_FLAG": "maybe"}), environ={})
+    assert str(err.value) == "STARTD_HEALTH_FLAG = 'maybe' (HTCondor config STARTD_HEALTH_FLAG): expected true or false"
+
+
+def test_cli_bad_flag_value_is_one_line_and_exit_2(cli_env):
+    proc = run_cli(["config", "--no-condor-config", "--deadline", "soon"], cli_env)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        "startd-health: error: STARTD_HEALTH_DEADLINE = 'soon' (command line --deadline): "
+        "expected a duration in seconds (e.g. 90, 90s, 5m, 1h)"]
+
+
+def test_cli_unknown_probe_and_too_short_deadline(cli_env):
+    proc = run_cli(["config", "--no-condor-config", "--probes", "container,gpu9"], cli_env)
+    assert proc.returncode == 2 and "unknown probe gpu9 (known: container" in proc.stderr
+    proc = run_cli(["config", "--no-condor-config", "--deadline", "1"], cli_env)
+    assert proc.returncode == 2 and "must be at least 5 seconds" in proc.stderr
+
+
+def test_cli_environment_error_exits_2(cli_env):
+    cli_env["_CONDOR_STARTD_HEALTH_CONTAINER_IMAGES"] = "el9="
+    proc = run_cli(["config", "--no-condor-config"], cli_env)
+    assert proc.returncode == 2
+    assert "STARTD_HEALTH_CONTAINER_IMAGES = 'el9=' (environment _CONDOR_STARTD_HEALTH_CONTAINER_IMAGES): " \
+           "image entry 'el9=' has no path" in proc.stderr
+
+
+def test_config_command_shows_value_and_source(cli_env):
+    proc = run_cli(["config", "--no-condor-config", "--container-images", "el9=/i/el9.sif"], cli_env)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("# HTCondor configuration: not used")
+    by_name = {line.split()[0]: line for line in lines[1:]}
+    assert by_name["STARTD_HEALTH_CONTAINER_IMAGES"].endswith("= el9=/i/el9.sif    # command line --container-images")
+    assert "= --ipc --pid --contain    # default" in by_name["STARTD_HEALTH_CONTAINER_FLAGS"]
+    assert "= container    # default" in by_name["STARTD_HEALTH_PROBES"]
+
+
+def test_help_reads_like_a_condor_tool(cli_env):
+    proc = run_cli(["--help"], cli_env)
+    assert proc.returncode == 0 and "usage: startd-health" in proc.stdout and "STARTD_HEALTH_NAME" in proc.stdout
+    proc = run_cli(["cron", "--help"], cli_env)
+    assert "--container-images LIST" in proc.stdout
+
+
+def test_cron_with_bad_config_still_prints_a_complete_unhealthy_ad(cli_env):
+    from .helpers import parse_cron_output
+    proc = run_cli(["--no-condor-config", "--deadline", "x"], cli_env, entry="cron")
+    assert proc.returncode == 2
+    ad = parse_cron_output(proc.stdout)
+    assert ad["StartdHealthOk"] is False
+    assert ad["StartdHealthReason"].startswith("configuration error: STARTD_HEALTH_DEADLINE = 'x'")
+
+
+def test_cron_with_bad_arguments_still_prints_a_complete_unhealthy_ad(cli_env):
+    from .helpers import parse_cron_output
+    proc = run_cli(["--no-such-option"], cli_env, entry="cron")
+    assert proc.returncode == 2
+    assert parse_cron_output(proc.stdout)["StartdHealthOk"] is False

@@ -1,0 +1,56 @@
+"""run_command against real processes: groups, double forks, escapes, hangs."""
+
+import os
+import time
+
+from monitor.procs import run_command
+
+from .helpers import wait_gone
+
+
+def test_success_and_output():
+    result = run_command(["/bin/sh", "-c", "echo out; echo err >&2; exit 3"], timeout=5)
+    assert result.returncode == 3 and result.stdout == "out\n" and result.stderr == "err\n"
+    assert result.describe_failure() == "sh exit 3: err"
+
+
+def test_missing_command_is_reported_not_raised():
+    result = run_command(["/nonexistent/apptainer", "--version"], timeout=5)
+    assert result.returncode is None and "No such file" in result.error
+    assert result.describe_failure().startswith("apptainer: No such file")
+
+
+def test_timeout_kills_whole_group_including_grandchildren(tmp_path):
+    pidfile = tmp_path / "pids"
+    # A child that ignores SIGTERM and a double-forked grandchild: both must die.
+    script = f"""
+        trap '' TERM
+        ( ( trap '' TERM; sleep 300 ) & echo $! >> {pidfile} ) 
+        sleep 300 & echo $! >> {pidfile}
+        wait
+    """
+    t0 = time.monotonic()
+    result = run_command(["/bin/sh", "-c", script], timeout=0.5)
+    elapsed = time.monotonic() - t0
+    assert result.timed_out and result.returncode is None
+    assert elapsed < 0.5 + 1.0 + 1.0 + 0.5, elapsed  # timeout + TERM grace + reap wait
+    pids = [int(p) for p in pidfile.read_text().split()]
+    assert len(pids) == 2 and wait_gone(pids) == []
+
+
+def test_escaped_grandchild_holding_the_pipe_is_abandoned_not_waited_for(tmp_path):
+    pidfile = tmp_path / "pid"
+    # setsid: the grandchild leaves our process group (as a job escaping the
+    # batch system's kill would) and keeps stdout open.
+    script = f"setsid sleep 30 & echo $! > {pidfile}; sleep 300"
+    t0 = time.monotonic()
+    result = run_command(["/bin/sh", "-c", script], timeout=0.5)
+    assert result.timed_out and time.monotonic() - t0 < 4.0
+    escaped = int(pidfile.read_text())
+    os.kill(escaped, 9)
+
+
+def test_live_group_registry_is_cleared():
+    from monitor import procs
+    run_command(["/bin/true"], timeout=5)
+    assert not procs._live_groups

@@ -1,0 +1,34 @@
+import json
+import os
+
+from monitor.model import ProbeResult, Status
+from monitor.state import StateDir, write_atomic
+
+
+def test_write_atomic_mode_and_no_leftovers(tmp_path):
+    path = tmp_path / "x.prom"
+    write_atomic(str(path), b"one")
+    write_atomic(str(path), b"two")
+    assert path.read_bytes() == b"two" and oct(path.stat().st_mode & 0o777) == "0o644"
+    assert os.listdir(tmp_path) == ["x.prom"]
+
+
+def test_corrupt_or_truncated_result_is_ignored(tmp_path):
+    state = StateDir(str(tmp_path))
+    state.ensure()
+    state.save(ProbeResult("good", Status.OK, "fine"))
+    good = json.loads((tmp_path / "results" / "good.json").read_text())
+    (tmp_path / "results" / "half.json").write_text(json.dumps(good)[:20])  # a write cut short
+    (tmp_path / "results" / "junk.json").write_text('{"probe": "junk", "status": "maybe"}')
+    assert list(state.load_all()) == ["good"]
+    assert state.load("half") is None
+
+
+def test_lock_is_exclusive_and_released(tmp_path):
+    state = StateDir(str(tmp_path))
+    state.ensure()
+    with state.lock(0) as first:
+        with state.lock(0.1) as second:
+            assert first and not second
+    with state.lock(0) as again:
+        assert again
