@@ -20,7 +20,7 @@ import shutil
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence, Tuple
 
-from monitor.config import Knob, format_args, parse_args, parse_list, parse_seconds, parse_string
+from monitor.config import Knob, format_args, parse_args, parse_bool, parse_list, parse_seconds, parse_string
 from monitor.model import Measurement, Probe, ProbeResult, Status
 from monitor.procs import CommandResult, last_line
 
@@ -179,7 +179,9 @@ def gather(ctx) -> Gathered:
 
 # ---------------------------------------------------------------- judge
 
-def judge(g: Gathered) -> ProbeResult:
+def judge(g: Gathered, partial_ok: bool = False) -> ProbeResult:
+    """partial_ok: some images launching is only DEGRADED (jobs match on the
+    images_ok list); otherwise any configured image that fails fails the probe."""
     if g.runtime is None:
         return ProbeResult("container", Status.FAILED, g.runtime_error, {"available": False})
     facts = {"path": g.runtime.path}
@@ -199,7 +201,7 @@ def judge(g: Gathered) -> ProbeResult:
     summary = f"{what}: {len(ok)}/{len(g.launches)} images launch"
     if not bad:
         return ProbeResult("container", Status.OK, summary, facts, measurements)
-    status = Status.DEGRADED if ok else Status.FAILED
+    status = Status.DEGRADED if ok and partial_ok else Status.FAILED
     return ProbeResult("container", status, f"{summary}; {errors}", facts, measurements)
 
 
@@ -218,7 +220,10 @@ class ContainerProbe(Probe):
         Knob("CONTAINER_FLAGS", parse_args, parse_args(DEFAULT_FLAGS), "flags given to `exec` for each "
              "launch test", "FLAGS", format_args),
         Knob("CONTAINER_LAUNCH_TIMEOUT", parse_seconds, 30.0, "budget for one image launch", "SECONDS"),
+        Knob("CONTAINER_PARTIAL_OK", parse_bool, False, "when some but not all images launch, report "
+             "degraded (node stays usable; jobs must match on StartdHealthContainerImagesOk) instead of failed",
+             "BOOL"),
     )
 
     def run(self, ctx) -> ProbeResult:
-        return judge(gather(ctx))
+        return judge(gather(ctx), ctx.settings["partial_ok"])

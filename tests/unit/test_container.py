@@ -58,13 +58,14 @@ def test_judge_all_ok():
     assert r.measurements[0].labels == (("image", "el9"),)
 
 
-def test_judge_partial_failure_is_degraded_and_names_the_image():
+def test_judge_partial_failure_fails_unless_partial_is_ok_and_names_the_image():
     g = Gathered(RT, name="apptainer", version="1.4.5",
                  launches=(Launch("el9", "/i/el9.sif", True, 0.2, "unprivileged"),
                            Launch("el8", "/i/el8.sif", False, 0.1, error="apptainer exit 255: FATAL: no such image")))
     r = judge(g)
-    assert r.status is Status.DEGRADED and r.facts["images_failed"] == ("el8",)
+    assert r.status is Status.FAILED and r.facts["images_failed"] == ("el8",) and r.facts["available"] is True
     assert r.reason.endswith("1/2 images launch; el8: apptainer exit 255: FATAL: no such image")
+    assert judge(g, partial_ok=True).status is Status.DEGRADED
 
 
 def test_judge_total_failure_and_missing_runtime():
@@ -93,7 +94,7 @@ if [ "$1" = --version ]; then {version_body}; fi
 
 def ctx_for(runtime, images=("t=/img",), budget=20.0, launch_timeout=2.0):
     settings = {"runtime": runtime, "module": "", "images": images, "flags": ("--ipc",),
-                "launch_timeout": launch_timeout}
+                "launch_timeout": launch_timeout, "partial_ok": False}
     return ProbeContext("container", settings, time.monotonic() + budget)
 
 
@@ -139,7 +140,7 @@ def test_module_command_provides_runtime_and_environment(tmp_path):
     bindir.mkdir()
     fake_runtime(bindir, "echo \"apptainer version $FROM_MODULE\"; exit 0", "exit 0")
     settings = {"runtime": "", "module": f"export PATH={bindir}:$PATH FROM_MODULE=7.7", "images": (),
-                "flags": (), "launch_timeout": 2.0}
+                "flags": (), "launch_timeout": 2.0, "partial_ok": False}
     r = judge(gather(ProbeContext("container", settings, time.monotonic() + 20)))
     assert r.status is Status.OK and r.facts["version"] == "7.7" and r.facts["path"] == str(bindir / "apptainer")
     settings["module"] = "false"

@@ -1,0 +1,156 @@
+"""startd-health under a REAL condor_startd (HTCondor 23.9 with the classic
+START gate, 25.14 with the STARTD_HEALTH_EXPRS variant), configured only
+through the project's own packaging/condor snippets, with real Apptainer."""
+
+import os
+import re
+import time
+
+import classad2
+import pytest
+
+from monitor import __version__
+from tests.unit.helpers import parse_cron_output
+
+from .conftest import CRON_PERIOD, set_extra_conf
+
+pytestmark = pytest.mark.e2e
+
+JOB = """\
+executable = /bin/true
+should_transfer_files = NO
+log = job.log
+queue
+"""
+
+
+def our_slot(pool, *attrs, **expect):
+    """The slot ad once every expected attribute has the expected value."""
+    def check():
+        for ad in pool.slots(*attrs, *expect):
+            if all(ad.get(k) == v for k, v in expect.items()):
+                return ad
+        return None
+    return pool.wait_for(check, 60, f"slot ad with {expect}")
+
+
+def test_startd_publishes_our_attributes(pool):
+    t0 = time.monotonic()
+    ad = our_slot(pool, "StartdHealthContainerImagesOk", "StartdHealthContainerMode", "StartdHealthVersion",
+                  "StartdHealthContainerVersion", "SingularityVersion", "HasSingularity", "StartdHealthReason",
+                  "StartdHealthContainerLaunchSeconds_sif", "StartdHealthContainerLaunchSeconds_sandbox",
+                  "StartdHealthTimestamp", "StartdHealthFailedProbes",
+                  StartdHealthOk=True)
+    print(f"[{pool.variant}] our attributes in condor_status {time.monotonic() - t0:.1f}s after the test asked")
+    assert ad["StartdHealthVersion"] == __version__
+    assert ad["StartdHealthFailedProbes"] == []
+    assert ad["StartdHealthContainerImagesOk"] == ["sif", "sandbox"]
+    # The cron job runs as the condor user: Debian's Apptainer is not setuid,
+    # so that is an unprivileged user namespace.
+    assert ad["StartdHealthContainerMode"] == "unprivileged"
+    assert ad["SingularityVersion"] == "apptainer version " + ad["StartdHealthContainerVersion"]
+    assert ad["HasSingularity"] is True  # the startd's own self-test: we never overwrite it
+    assert 0 < ad["StartdHealthContainerLaunchSeconds_sif"] < 30
+    assert abs(time.time() - ad["StartdHealthTimestamp"]) < 3 * CRON_PERIOD + 10
+    # Every attribute the startd holds must parse as a ClassAd: the whole ad, with the real library.
+    full = classad2.parseOne(pool.slot_ad_text())
+    assert full["StartdHealthOk"] is True
+    if pool.variant == "sid":
+        assert "StartdHealthUsable" in str(full.lookup("HealthExprs"))
+        assert full.eval("Healthy") in (True, 1)
+
+
+def test_results_are_kept_in_the_state_dir_owned_by_condor(pool):
+    path = pool.path("/tmp/condor/spool/startd_health/results/container.json")
+    pool.wait_for(lambda: os.path.exists(path), 30, path)
+    owner = pool.sh(f"stat -c %U {path.split(pool.rootfs, 1)[1]}").stdout.strip()
+    assert owner == "condor"
+
+
+def test_hostile_text_from_a_broken_image_stays_inside_its_attribute(pool):
+    evil = '/opt/containers/no"such]Injected=true;[x.sif'
+    set_extra_conf(pool, f"STARTD_HEALTH_CONTAINER_IMAGES = $(STARTD_HEALTH_CONTAINER_IMAGES) evil={evil}\n"
+                         "STARTD_HEALTH_CONTAINER_PARTIAL_OK = true\n")
+    try:
+        ad = our_slot(pool, "StartdHealthContainerImagesFailed", "StartdHealthContainerReason",
+                      "StartdHealthDegradedProbes", "StartdHealthOk",
+                      StartdHealthContainerImagesFailed=["evil"])
+        # With PARTIAL_OK, one broken image of three is degraded: the node
+        # still takes jobs; jobs that need "evil" match on ...ImagesOk.
+        assert ad["StartdHealthOk"] is True and ad["StartdHealthDegradedProbes"] == ["container"]
+        assert 'no"such]Injected=true;[x.sif' in ad["StartdHealthContainerReason"]
+        text = pool.slot_ad_text()
+        assert not [line for line in text.splitlines() if line.startswith("Injected")]
+    finally:
+        set_extra_conf(pool, "")
+    our_slot(pool, "StartdHealthContainerImagesFailed", StartdHealthContainerImagesFailed=[], StartdHealthOk=True)
+
+
+def test_failing_probe_refuses_new_jobs_until_the_node_is_healthy_again(pool):
+    our_slot(pool, StartdHealthOk=True)
+    first = pool.submit(JOB)
+    pool.wait_for(lambda: pool.job_status(first) == 4, 90, f"job {first} to complete on the healthy node")
+
+    site, broken = pool.path("/opt/containers/site.sif"), pool.path("/opt/containers/site.sif.off")
+    os.rename(site, broken)  # the site image disappears from the node
+    t_fault = time.monotonic()
+    try:
+        ad = our_slot(pool, "StartdHealthFailedProbes", "StartdHealthReason", StartdHealthOk=False)
+        t_refusing = time.monotonic() - t_fault
+        assert ad["StartdHealthFailedProbes"] == ["container"]
+        assert "sif:" in ad["StartdHealthReason"] and "site.sif" in ad["StartdHealthReason"]
+        if pool.variant == "sid":  # the startd's own health expression, evaluated by condor_status
+            assert pool.enter("condor_status", "-af", "Healthy", "HealthFactor").stdout.split() == ["0", "0.0"]
+
+        second = pool.submit(JOB)
+        idle_since = time.monotonic()
+        while time.monotonic() - idle_since < 20:  # ~10 negotiation cycles
+            assert pool.job_status(second) == 1, "a job started on an unhealthy node"
+            time.sleep(1)
+        # The job's own requirements all match; the node refuses it by its own.
+        analysis = pool.analyze(second)
+        assert re.search(r"0 (slots )?(are )?rejected by your job's requirements", analysis), analysis
+        assert re.search(r"1 (slots )?reject your job because of their own requirements", analysis), analysis
+        print(f"[{pool.variant}] fault -> StartdHealthOk false in {t_refusing:.1f}s; job stayed idle 20s")
+    finally:
+        os.rename(broken, site)
+    t_repair = time.monotonic()
+    our_slot(pool, StartdHealthOk=True)
+    pool.wait_for(lambda: pool.job_status(second) in (2, 4), 120, f"job {second} to start once healthy")
+    print(f"[{pool.variant}] repair -> job started in {time.monotonic() - t_repair:.1f}s")
+    pool.wait_for(lambda: pool.job_status(second) == 4, 90, f"job {second} to complete")
+
+
+def test_gate_expression_treats_stale_and_missing_verdicts_as_unusable(pool):
+    """Evaluate the packaging's own STARTD_HEALTH_USABLE, as this HTCondor expands it."""
+    expr = classad2.ExprTree(pool.enter("condor_config_val", "STARTD_HEALTH_USABLE").stdout.strip())
+    now = int(time.time())
+    max_age = 3 * CRON_PERIOD
+    cases = [({"StartdHealthOk": True, "StartdHealthTimestamp": now}, True),
+             ({"StartdHealthOk": True, "StartdHealthTimestamp": now - max_age - 5}, False),
+             ({"StartdHealthOk": False, "StartdHealthTimestamp": now}, False),
+             ({"StartdHealthTimestamp": now}, False),
+             ({}, False)]
+    for attrs, usable in cases:
+        assert (expr.eval(classad2.ClassAd(attrs)) is True) == usable, attrs
+
+
+@pytest.mark.parametrize("user", ["root", "tester"])
+def test_container_probe_launches_sif_and_sandbox_with_real_apptainer(pool, user):
+    proc = pool.enter("/opt/startd-health/venv/bin/startd-health", "cron", "--force",
+                      "--state-dir", f"/tmp/sh-{user}",
+                      "--container-images", "sif=/opt/containers/test.sif,sandbox=/opt/containers/sandbox",
+                      user=None if user == "root" else user)
+    ad = parse_cron_output(proc.stdout)
+    assert ad["StartdHealthOk"] is True, ad["StartdHealthReason"]
+    assert ad["StartdHealthContainerImagesOk"] == ["sif", "sandbox"]
+    # Debian's apptainer is not setuid: root runs without a user namespace.
+    assert ad["StartdHealthContainerMode"] == ("privileged" if user == "root" else "unprivileged")
+
+
+def test_unit_tests_pass_on_this_distributions_python(pool):
+    """The same unit tests on Debian's Python (3.13 in trixie, 3.14 in sid) and HTCondor bindings."""
+    proc = pool.sh("cd /opt/startd-health/src && python3 -m pytest -q -p no:cacheprovider tests/unit 2>&1",
+                   check=False, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    print(f"[{pool.variant}] {proc.stdout.strip().splitlines()[-1]}")
