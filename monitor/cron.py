@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Iterable, List, Optional, Sequence
+from typing import Any, Iterable, List
 
 from . import __version__
 from .model import Fact, ProbeResult
@@ -101,7 +101,7 @@ def probe_lines(result: ProbeResult, now: float) -> List[str]:
     return lines
 
 
-def render(report: RunReport, verdict: Verdict, now: float, config_error: Optional[str] = None) -> str:
+def render(report: RunReport, verdict: Verdict, now: float) -> str:
     """The complete cron output: attribute lines, then the closing `-` line."""
     lines = [
         f"{ATTR_PREFIX}Ok = {render_value(verdict.ok)}",
@@ -116,8 +116,6 @@ def render(report: RunReport, verdict: Verdict, now: float, config_error: Option
         lines.append(f"{ATTR_PREFIX}StateError = {render_value(report.state_error)}")
     if report.overlapped:
         lines.append(f"{ATTR_PREFIX}Overlapped = true")
-    if config_error:
-        lines.append(f"{ATTR_PREFIX}ConfigError = {render_value(config_error)}")
     budget = MAX_OUTPUT_BYTES - sum(len(line) + 1 for line in lines) - 2
     for result in report.results:
         block = probe_lines(result, now)

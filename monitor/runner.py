@@ -170,12 +170,24 @@ def _cached_only(probes: Sequence[Probe], settings: Mapping[str, Mapping[str, An
     return RunReport(results, reused={p.name for p in probes}, overlapped=True)
 
 
+@dataclass
+class _Running:
+    probe: Probe
+    digest: str
+    ctx: ProbeContext
+    box: Dict[str, ProbeResult]
+    thread: threading.Thread
+    budget_end: float      # time.monotonic() when the budget runs out
+    budget: float          # seconds granted
+    started_at: float      # epoch
+
+
 def _run_unlocked(probes: Sequence[Probe], settings: Mapping[str, Mapping[str, Any]], deadline: float,
                   state: Optional[StateDir], force: bool, condor: Any) -> RunReport:
     now = time.time()
     results: Dict[str, ProbeResult] = {}
     reused: Set[str] = set()
-    running = []
+    running: List[_Running] = []
     for probe in probes:
         period, timeout = settings[probe.name]["period"], settings[probe.name]["timeout"]
         digest = settings_digest(settings[probe.name])
@@ -189,23 +201,25 @@ def _run_unlocked(probes: Sequence[Probe], settings: Mapping[str, Mapping[str, A
         box: Dict[str, ProbeResult] = {}
         thread = threading.Thread(target=_execute, args=(probe, ctx, box), name=f"probe-{probe.name}", daemon=True)
         thread.start()
-        running.append((probe, digest, ctx, box, thread, budget_end, budget_end - time.monotonic(), time.time()))
+        running.append(_Running(probe, digest, ctx, box, thread, budget_end, budget_end - time.monotonic(),
+                                time.time()))
 
-    for probe, digest, ctx, box, thread, budget_end, budget, started_at in running:
-        thread.join(max(0.0, budget_end + OVERRUN_GRACE_SECONDS - time.monotonic()))
-        if "result" in box:
-            results[probe.name] = box["result"]
+    for run in running:
+        run.thread.join(max(0.0, run.budget_end + OVERRUN_GRACE_SECONDS - time.monotonic()))
+        if "result" in run.box:
+            results[run.probe.name] = run.box["result"]
             continue
-        ctx.cancel()
-        log.warning("probe %s did not finish within its budget; abandoned", probe.name)
-        results[probe.name] = failed(probe.name, f"probe did not finish within {budget:.0f}s (abandoned)").with_timing(
-            started_at, time.time() - started_at)
+        run.ctx.cancel()
+        log.warning("probe %s did not finish within its budget; abandoned", run.probe.name)
+        results[run.probe.name] = failed(
+            run.probe.name, f"probe did not finish within {run.budget:.0f}s (abandoned)").with_timing(
+            run.started_at, time.time() - run.started_at)
 
     state_error = ""
     if state is not None:
-        for probe, digest, *_ in running:
+        for run in running:
             try:
-                state.save(results[probe.name], digest)
+                state.save(results[run.probe.name], run.digest)
             except StateError as exc:
                 state_error = state_error or str(exc)
     if state_error:

@@ -14,7 +14,7 @@ import shutil
 import signal
 import subprocess
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -23,7 +23,7 @@ PORTS = {"mix": 29618, "sid": 29619}
 PIDFILE = "/tmp/condor/run/master.pid"
 INSTALL = "/opt/startd-health"
 # What gets copied into the root filesystem to install the project.
-PROJECT_FILES = ("pyproject.toml", "README.md", "monitor", "probes", "packaging", "tests")
+PROJECT_FILES = ("pyproject.toml", "README.md", "monitor", "probes", "packaging", "tests", "benchmarks")
 
 POOL_CONF = """\
 # Personal pool for startd-health's end-to-end tests (loopback only)
