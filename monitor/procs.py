@@ -35,6 +35,7 @@ class CommandResult:
     timed_out: bool = False
     abandoned: bool = False     # still alive after SIGKILL: left behind
     error: str = ""             # why it could not start (e.g. not found)
+    pid: Optional[int] = None   # also the process group id (own session)
 
     @property
     def ok(self) -> bool:
@@ -116,7 +117,8 @@ def run_command(
     try:
         try:
             out, err = proc.communicate(timeout=max(0.0, timeout))
-            return CommandResult(argv, proc.returncode, _decode(out), _decode(err), time.monotonic() - start)
+            return CommandResult(argv, proc.returncode, _decode(out), _decode(err), time.monotonic() - start,
+                                 pid=pgid)
         except subprocess.TimeoutExpired:
             pass
         log.debug("timeout after %.1fs, terminating process group %d: %s", timeout, pgid, argv)
@@ -134,8 +136,10 @@ def run_command(
                 abandoned = proc.poll() is None
                 _abandon(proc)
                 log.warning("abandoned %s (pid %d) after %.1fs", argv[0], pgid, time.monotonic() - start)
-                return CommandResult(argv, None, "", "", time.monotonic() - start, timed_out=True, abandoned=abandoned)
-        return CommandResult(argv, None, _decode(out), _decode(err), time.monotonic() - start, timed_out=True)
+                return CommandResult(argv, None, "", "", time.monotonic() - start, timed_out=True,
+                                     abandoned=abandoned, pid=pgid)
+        return CommandResult(argv, None, _decode(out), _decode(err), time.monotonic() - start, timed_out=True,
+                             pid=pgid)
     finally:
         with _live_lock:
             _live_groups.discard(pgid)

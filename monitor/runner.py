@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -39,14 +40,29 @@ class ProbeContext:
     """What a probe may use: its settings, its budget, and a safe way to run commands."""
 
     def __init__(self, probe: str, settings: Mapping[str, Any], deadline: float,
-                 condor: Any = None) -> None:
+                 condor: Any = None, scratch_root: Optional[str] = None) -> None:
         self.probe = probe
         self.settings = settings
         self.deadline = deadline  # time.monotonic() value
         self.condor = condor      # monitor.config.CondorParams, for HTCondor's own knobs
+        self._scratch_root = scratch_root
         self._groups: Set[int] = set()
         self._lock = threading.Lock()
         self._cancelled = threading.Event()
+
+    def scratch_dir(self) -> Optional[str]:
+        """A directory of this probe's own that outlives the run (markers,
+        quarantine windows, pids of abandoned children); None without a
+        usable state directory. Write files in it with state.write_atomic."""
+        if self._scratch_root is None:
+            return None
+        path = os.path.join(self._scratch_root, self.probe)
+        try:
+            os.makedirs(path, mode=0o755, exist_ok=True)
+        except OSError as exc:
+            log.warning("scratch directory %s: %s", path, exc)
+            return None
+        return path
 
     def remaining(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
@@ -197,7 +213,8 @@ def _run_unlocked(probes: Sequence[Probe], settings: Mapping[str, Mapping[str, A
             reused.add(probe.name)
             continue
         budget_end = min(deadline - OVERRUN_GRACE_SECONDS, time.monotonic() + timeout)
-        ctx = ProbeContext(probe.name, settings[probe.name], budget_end, condor)
+        ctx = ProbeContext(probe.name, settings[probe.name], budget_end, condor,
+                           state.probes_dir if state is not None else None)
         box: Dict[str, ProbeResult] = {}
         thread = threading.Thread(target=_execute, args=(probe, ctx, box), name=f"probe-{probe.name}", daemon=True)
         thread.start()

@@ -53,6 +53,7 @@ class StateDir:
     def __init__(self, path: str) -> None:
         self.path = path
         self.results_dir = os.path.join(path, "results")
+        self.probes_dir = os.path.join(path, "probes")  # each probe's own scratch directory
 
     def ensure(self) -> None:
         try:

@@ -169,3 +169,24 @@ def test_unwritable_state_dir_is_reported_not_fatal(tmp_path):
     report = run_probes([Fine()], settings(Fine), 30, state=StateDir(str(blocker / "state")))
     assert report.results[0].status is Status.OK
     assert report.state_error.startswith(f"state directory {blocker}/state:")
+
+
+class UsesScratch(Probe):
+    name = "scratchy"
+    description = "writes a marker"
+
+    def run(self, ctx):
+        path = ctx.scratch_dir()
+        marker = os.path.join(path, "marker")
+        seen = os.path.exists(marker)
+        open(marker, "w").close()
+        return ProbeResult(self.name, Status.OK, "", {"seen": seen, "dir": path})
+
+
+def test_scratch_dir_outlives_the_run(tmp_path):
+    state = StateDir(str(tmp_path / "state"))
+    first = run_probes([UsesScratch()], settings(UsesScratch, period=0.01), 30, state=state)
+    time.sleep(0.02)
+    second = run_probes([UsesScratch()], settings(UsesScratch, period=0.01), 30, state=state)
+    assert first.results[0].facts["seen"] is False and second.results[0].facts["seen"] is True
+    assert first.results[0].facts["dir"] == str(tmp_path / "state" / "probes" / "scratchy")
