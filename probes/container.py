@@ -169,6 +169,8 @@ def gather(ctx) -> Gathered:
     version = ctx.run([runtime.path, "--version"], timeout=VERSION_TIMEOUT, env=runtime.env)
     if not version.ok:
         return Gathered(runtime, version_error=version.describe_failure())
+    if not version.stdout.strip():
+        return Gathered(runtime, version_error="exit 0 but printed no version")
     name, number = parse_version(version.stdout)
     launches = []
     for entry in ctx.settings["images"]:

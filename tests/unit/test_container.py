@@ -146,3 +146,9 @@ def test_module_command_provides_runtime_and_environment(tmp_path):
     settings["module"] = "false"
     r = judge(gather(ProbeContext("container", settings, time.monotonic() + 20)))
     assert r.status is Status.FAILED and "'false' failed" in r.reason
+
+
+def test_runtime_that_prints_no_version_is_not_a_runtime(tmp_path):
+    rt = fake_runtime(tmp_path, "exit 0", "exit 0")
+    r = judge(gather(ctx_for(rt)))
+    assert r.status is Status.FAILED and r.reason == f"{rt} --version: exit 0 but printed no version"
