@@ -18,11 +18,11 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from . import procs
 from .model import Probe, ProbeResult, Status, failed
-from .state import StateDir, StateError
+from .state import ProbeLock, StateDir, StateError
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,9 @@ def run_probes(
     """Run (or re-use recent results of) probes; always returns within the deadline.
 
     probe_settings[name] must hold "period" and "timeout" (seconds) plus the
-    probe's own knobs.
+    probe's own knobs. A probe that another process is running right now (its
+    lock is held) is not run again: after up to lock_wait_seconds its latest
+    cached result is published instead.
     """
     t0 = time.monotonic()
     deadline = t0 + deadline_seconds
@@ -149,41 +151,13 @@ def run_probes(
             state.ensure()
         except StateError as exc:
             state_error, state = str(exc), None
-            log.warning("%s; running without cached results or a lock", state_error)
-
-    def with_lock() -> RunReport:
-        if state is None:
-            return _run_unlocked(probes, probe_settings, deadline, None, force, condor)
-        try:
-            lock = state.lock(min(lock_wait_seconds, deadline_seconds / 2))
-            with lock as acquired:
-                if acquired:
-                    return _run_unlocked(probes, probe_settings, deadline, state, force, condor)
-        except StateError as exc:
-            log.warning("%s; running without a lock", exc)
-            report = _run_unlocked(probes, probe_settings, deadline, state, force, condor)
-            report.state_error = report.state_error or str(exc)
-            return report
-        log.warning("another run holds the lock in %s: publishing cached results", state.path)
-        return _cached_only(probes, probe_settings, state)
-
-    report = with_lock()
-    report.state_error = report.state_error or state_error
+            log.warning("%s; running without cached results or locks", state_error)
+    report = _run(probes, probe_settings, deadline, state, lock_wait_seconds, force, condor)
+    report.state_error = state_error or report.state_error
+    if report.state_error:
+        log.warning("%s", report.state_error)
     report.duration_seconds = time.monotonic() - t0
     return report
-
-
-def _cached_only(probes: Sequence[Probe], settings: Mapping[str, Mapping[str, Any]], state: StateDir) -> RunReport:
-    now = time.time()
-    results = []
-    for probe in probes:
-        cached = state.load(probe.name, settings_digest(settings[probe.name]))
-        period, timeout = settings[probe.name]["period"], settings[probe.name]["timeout"]
-        if cached is None:
-            results.append(failed(probe.name, "no result yet: another run is still in progress"))
-        else:
-            results.append(stale_if_old(cached, 2 * period + timeout, now))
-    return RunReport(results, reused={p.name for p in probes}, overlapped=True)
 
 
 @dataclass
@@ -198,47 +172,89 @@ class _Running:
     started_at: float      # epoch
 
 
-def _run_unlocked(probes: Sequence[Probe], settings: Mapping[str, Mapping[str, Any]], deadline: float,
-                  state: Optional[StateDir], force: bool, condor: Any) -> RunReport:
+def _run(probes: Sequence[Probe], settings: Mapping[str, Mapping[str, Any]], deadline: float,
+         state: Optional[StateDir], lock_wait: float, force: bool, condor: Any) -> RunReport:
     now = time.time()
+    report = RunReport([])
     results: Dict[str, ProbeResult] = {}
-    reused: Set[str] = set()
     running: List[_Running] = []
-    for probe in probes:
-        period, timeout = settings[probe.name]["period"], settings[probe.name]["timeout"]
-        digest = settings_digest(settings[probe.name])
-        cached = state.load(probe.name, digest) if state is not None and not force else None
-        if cached is not None and cached.age(now) < REUSE_FRACTION * period:
-            results[probe.name] = cached
-            reused.add(probe.name)
-            continue
-        budget_end = min(deadline - OVERRUN_GRACE_SECONDS, time.monotonic() + timeout)
-        ctx = ProbeContext(probe.name, settings[probe.name], budget_end, condor,
-                           state.probes_dir if state is not None else None)
-        box: Dict[str, ProbeResult] = {}
-        thread = threading.Thread(target=_execute, args=(probe, ctx, box), name=f"probe-{probe.name}", daemon=True)
-        thread.start()
-        running.append(_Running(probe, digest, ctx, box, thread, budget_end, budget_end - time.monotonic(),
-                                time.time()))
+    busy: List[Tuple[Probe, str, ProbeLock]] = []   # probes another process is running now
+    held: List[ProbeLock] = []
 
-    for run in running:
-        run.thread.join(max(0.0, run.budget_end + OVERRUN_GRACE_SECONDS - time.monotonic()))
-        if "result" in run.box:
-            results[run.probe.name] = run.box["result"]
-            continue
-        run.ctx.cancel()
-        log.warning("probe %s did not finish within its budget; abandoned", run.probe.name)
-        results[run.probe.name] = failed(
-            run.probe.name, f"probe did not finish within {run.budget:.0f}s (abandoned)").with_timing(
-            run.started_at, time.time() - run.started_at)
+    def fresh_cached(probe: Probe, digest: str) -> Optional[ProbeResult]:
+        if state is None or force:
+            return None
+        cached = state.load(probe.name, digest)
+        period = settings[probe.name]["period"]
+        return cached if cached is not None and cached.age(now) < REUSE_FRACTION * period else None
 
-    state_error = ""
-    if state is not None:
+    try:
+        for probe in probes:
+            digest = settings_digest(settings[probe.name])
+            cached = fresh_cached(probe, digest)
+            if cached is None and state is not None:
+                lock = state.lock(probe.name)
+                try:
+                    if not lock.try_acquire():
+                        busy.append((probe, digest, lock))
+                        continue
+                    held.append(lock)
+                except StateError as exc:  # run it anyway: a missing lock is better than no result
+                    report.state_error = report.state_error or str(exc)
+                cached = fresh_cached(probe, digest)  # another run may have finished it just before we locked
+            if cached is not None:
+                results[probe.name] = cached
+                report.reused.add(probe.name)
+                continue
+            running.append(_start(probe, digest, settings[probe.name], deadline, condor, state))
+
         for run in running:
+            results[run.probe.name] = _finish(run)
+            if state is not None:
+                try:
+                    state.save(results[run.probe.name], run.digest)
+                except StateError as exc:
+                    report.state_error = report.state_error or str(exc)
+        for lock in held:
+            lock.release()
+        held.clear()
+
+        for probe, digest, lock in busy:
+            report.overlapped = True
+            log.warning("another run is running probe %s: publishing its cached result", probe.name)
             try:
-                state.save(results[run.probe.name], run.digest)
-            except StateError as exc:
-                state_error = state_error or str(exc)
-    if state_error:
-        log.warning("%s", state_error)
-    return RunReport([results[p.name] for p in probes], reused=reused, state_error=state_error)
+                lock.acquire(max(0.0, min(lock_wait, deadline - OVERRUN_GRACE_SECONDS - time.monotonic())))
+            finally:
+                lock.release()
+            cached = state.load(probe.name, digest) if state is not None else None
+            if cached is None:
+                results[probe.name] = failed(probe.name, "no result yet: another run is still running this probe")
+            else:
+                period, timeout = settings[probe.name]["period"], settings[probe.name]["timeout"]
+                results[probe.name] = stale_if_old(cached, 2 * period + timeout, time.time())
+                report.reused.add(probe.name)
+    finally:
+        for lock in held:
+            lock.release()
+    report.results = [results[p.name] for p in probes]
+    return report
+
+
+def _start(probe: Probe, digest: str, settings: Mapping[str, Any], deadline: float, condor: Any,
+           state: Optional[StateDir]) -> _Running:
+    budget_end = min(deadline - OVERRUN_GRACE_SECONDS, time.monotonic() + settings["timeout"])
+    ctx = ProbeContext(probe.name, settings, budget_end, condor, state.probes_dir if state is not None else None)
+    box: Dict[str, ProbeResult] = {}
+    thread = threading.Thread(target=_execute, args=(probe, ctx, box), name=f"probe-{probe.name}", daemon=True)
+    thread.start()
+    return _Running(probe, digest, ctx, box, thread, budget_end, budget_end - time.monotonic(), time.time())
+
+
+def _finish(run: _Running) -> ProbeResult:
+    run.thread.join(max(0.0, run.budget_end + OVERRUN_GRACE_SECONDS - time.monotonic()))
+    if "result" in run.box:
+        return run.box["result"]
+    run.ctx.cancel()
+    log.warning("probe %s did not finish within its budget; abandoned", run.probe.name)
+    return failed(run.probe.name, f"probe did not finish within {run.budget:.0f}s (abandoned)").with_timing(
+        run.started_at, time.time() - run.started_at)

@@ -15,8 +15,7 @@ import logging
 import os
 import tempfile
 import time
-from contextlib import contextmanager
-from typing import Dict, Iterator, Optional
+from typing import Dict, Optional
 
 from .model import ProbeResult
 
@@ -54,11 +53,13 @@ class StateDir:
         self.path = path
         self.results_dir = os.path.join(path, "results")
         self.probes_dir = os.path.join(path, "probes")  # each probe's own scratch directory
+        self.locks_dir = os.path.join(path, "locks")    # one lock per probe
 
     def ensure(self) -> None:
         try:
-            created = [d for d in (self.path, self.results_dir) if not os.path.isdir(d)]
+            created = [d for d in (self.path, self.results_dir, self.locks_dir) if not os.path.isdir(d)]
             os.makedirs(self.results_dir, mode=0o755, exist_ok=True)
+            os.makedirs(self.locks_dir, mode=0o755, exist_ok=True)
         except OSError as exc:
             raise StateError(f"state directory {self.path}: {_describe(exc)}") from None
         if created and os.geteuid() == 0:
@@ -112,37 +113,60 @@ class StateDir:
                     results[result.probe] = result
         return results
 
-    @contextmanager
-    def lock(self, wait_seconds: float) -> Iterator[bool]:
-        """Hold the run lock; yields False if another run kept it for wait_seconds.
+    def lock(self, probe: str) -> "ProbeLock":
+        return ProbeLock(os.path.join(self.locks_dir, probe + ".lock"))
 
-        flock is released by the kernel when the holder dies, so a killed run
-        never leaves a stale lock. The descriptor is close-on-exec, so children
-        (even abandoned ones) never inherit it.
-        """
-        path = os.path.join(self.path, "run.lock")
+
+class ProbeLock:
+    """Held while a probe runs, so that overlapping runs (cron jobs the startd
+    started again, the exporter) never run the same probe twice at once.
+
+    flock is released by the kernel when the holder dies, so a killed run
+    never leaves a stale lock; the descriptor is close-on-exec, so children
+    (even abandoned ones) never inherit it.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: Optional[int] = None
+
+    def try_acquire(self) -> bool:
+        if self._fd is None:
+            self._fd = self._open()
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+
+    def acquire(self, wait_seconds: float) -> bool:
+        deadline = time.monotonic() + wait_seconds
+        while not self.try_acquire():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "ProbeLock":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except PermissionError:
             # Created by another user (e.g. root ran us by hand): a read-only
             # descriptor can still be flocked.
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                return os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
             except OSError as exc:
-                raise StateError(f"lock file {path}: {_describe(exc)}") from None
+                raise StateError(f"lock file {self.path}: {_describe(exc)}") from None
         except OSError as exc:
-            raise StateError(f"lock file {path}: {_describe(exc)}") from None
-        try:
-            deadline = time.monotonic() + wait_seconds
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        yield False
-                        return
-                    time.sleep(0.05)
-            yield True
-        finally:
-            os.close(fd)
+            raise StateError(f"lock file {self.path}: {_describe(exc)}") from None

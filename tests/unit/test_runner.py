@@ -125,17 +125,18 @@ def test_changed_settings_invalidate_the_cached_result(tmp_path):
     assert run_probes([Fine()], changed, 30, state=state).results[0].facts["n"] == 2
 
 
-def test_overlapping_run_publishes_cached_results_instead_of_piling_up(tmp_path):
+def test_probe_being_run_elsewhere_is_not_run_twice(tmp_path):
     state = StateDir(str(tmp_path / "state"))
-    run_probes([Fine()], settings(Fine), 30, state=state)
-    state.ensure()
-    with state.lock(0) as held:
-        assert held
+    Fine.calls = 0
+    run_probes([Fine()], settings(Fine), 30, state=state, force=True)
+    with state.lock("fine") as elsewhere, state.lock("crashes") as elsewhere2:
+        assert elsewhere.try_acquire() and elsewhere2.try_acquire()
         t0 = time.monotonic()
-        report = run_probes([Fine(), Crashes()], settings(Fine, Crashes), 30, state=state, lock_wait_seconds=0.2)
+        report = run_probes([Fine(), Crashes()], settings(Fine, Crashes), 30, state=state, force=True,
+                            lock_wait_seconds=0.2)
         assert time.monotonic() - t0 < 1.0
-    assert report.overlapped
-    assert report.results[0].status is Status.OK
+    assert report.overlapped and Fine.calls == 1
+    assert report.results[0].status is Status.OK and report.reused == {"fine"}
     assert report.results[1].status is Status.FAILED and "another run" in report.results[1].reason
 
 
@@ -145,7 +146,8 @@ def test_stale_cached_result_is_not_evidence_of_health(tmp_path):
     configured = settings(Fine, period=60)
     state.save(ProbeResult("fine", Status.OK, "fine", started_at=time.time() - 10_000),
                settings_digest(configured["fine"]))
-    with state.lock(0):
+    with state.lock("fine") as elsewhere:
+        assert elsewhere.try_acquire()
         report = run_probes([Fine()], configured, 30, state=state, lock_wait_seconds=0.1)
     assert report.results[0].status is Status.FAILED and "stale" in report.results[0].reason
 

@@ -24,11 +24,10 @@ def test_corrupt_or_truncated_result_is_ignored(tmp_path):
     assert state.load("half") is None
 
 
-def test_lock_is_exclusive_and_released(tmp_path):
+def test_lock_is_exclusive_per_probe_and_released(tmp_path):
     state = StateDir(str(tmp_path))
     state.ensure()
-    with state.lock(0) as first:
-        with state.lock(0.1) as second:
-            assert first and not second
-    with state.lock(0) as again:
-        assert again
+    with state.lock("a") as first, state.lock("a") as second, state.lock("b") as other:
+        assert first.try_acquire() and not second.acquire(0.1) and other.try_acquire()
+    with state.lock("a") as again:
+        assert again.try_acquire()
