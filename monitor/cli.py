@@ -18,7 +18,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import __version__
 from .config import (CondorParams, Config, ConfigError, Knob, describe, load_config, parse_list,
-                     parse_positive_seconds)
+                     parse_positive_seconds, parse_string)
+from .exporter_listen import parse_listen
 
 log = logging.getLogger("startd-health")
 
@@ -29,8 +30,16 @@ CORE_KNOBS = (
     Knob("DEADLINE", parse_positive_seconds, 150.0, "the whole run ends within this many seconds; keep it "
          "below the cron PERIOD", "SECONDS"),
     Knob("STATE_DIR", lambda text: os.path.abspath(text.strip()), None, "directory for the last results "
-         "and the run lock (default: $(SPOOL)/startd_health with HTCondor, else "
+         "and the probe locks (default: $(SPOOL)/startd_health with HTCondor, else "
          "$XDG_STATE_HOME/startd-health)", "DIR"),
+    Knob("TEXTFILE_DIR", lambda text: os.path.abspath(text.strip()) if text.strip() else "", "",
+         "also write the metrics to DIR/startd_health.prom for node_exporter's textfile collector "
+         "(each cron run; empty: off)", "DIR"),
+    Knob("EXPORTER_LISTEN", parse_listen, ("127.0.0.1", 9761), "address:port of `startd-health exporter`",
+         "ADDR:PORT", lambda v: f"[{v[0]}]:{v[1]}" if ":" in v[0] else f"{v[0]}:{v[1]}"),
+    Knob("EXPORTER_TLS_CERT", parse_string, "", "TLS certificate file for the exporter (with "
+         "EXPORTER_TLS_KEY; empty: plain HTTP)", "FILE"),
+    Knob("EXPORTER_TLS_KEY", parse_string, "", "TLS private key file for the exporter", "FILE"),
 )
 MIN_DEADLINE = 5.0
 
@@ -126,8 +135,44 @@ def cmd_cron(args: argparse.Namespace) -> int:
     probes = selected_probes(config)
     report = run_probes(probes, probe_settings(config, probes), config["DEADLINE"],
                         state=StateDir(config["STATE_DIR"]), force=args.force, condor=config.condor)
-    _emit(render(report, judge(report.results), time.time()))
+    verdict = judge(report.results)
+    if config["TEXTFILE_DIR"]:
+        report.state_error = report.state_error or write_textfile(config["TEXTFILE_DIR"], report.results, verdict)
+    _emit(render(report, verdict, time.time()))
     return EXIT_STATE if report.state_error else EXIT_OK
+
+
+def write_textfile(directory: str, results: Sequence[Any], verdict: Any) -> str:
+    """node_exporter textfile: atomic, mode 0644, no timestamps. Returns an error text or ''."""
+    from .metrics import exposition
+    from .state import write_atomic
+    path = os.path.join(directory, "startd_health.prom")
+    try:
+        write_atomic(path, exposition(results, verdict), mode=0o644)
+    except OSError as exc:
+        log.warning("cannot write %s: %s", path, exc.strerror or exc)
+        return f"textfile {path}: {exc.strerror or exc}"
+    return ""
+
+
+def cmd_exporter(args: argparse.Namespace) -> int:
+    from .exporter import NodeExporter, serve
+    from .state import StateDir
+
+    if not args.debug:  # a daemon says when it starts and stops
+        logging.getLogger().setLevel(logging.INFO)
+    config = build_config(args)
+    if bool(config["EXPORTER_TLS_CERT"]) != bool(config["EXPORTER_TLS_KEY"]):
+        raise ConfigError("STARTD_HEALTH_EXPORTER_TLS_CERT and STARTD_HEALTH_EXPORTER_TLS_KEY go together: "
+                          "set both or neither")
+    probes = selected_probes(config)
+    exporter = NodeExporter(probes, probe_settings(config, probes), StateDir(config["STATE_DIR"]), config.condor)
+    try:
+        return serve(exporter, config["EXPORTER_LISTEN"], config["EXPORTER_TLS_CERT"], config["EXPORTER_TLS_KEY"])
+    except OSError as exc:
+        address, port = config["EXPORTER_LISTEN"]
+        raise ConfigError(f"STARTD_HEALTH_EXPORTER_LISTEN ({config.source('EXPORTER_LISTEN')}): cannot listen on "
+                          f"{address}:{port}: {exc.strerror or exc}") from None
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -157,6 +202,7 @@ def _emit(text: str) -> None:
 DESCRIPTION = "Health and benchmark probes for an HTCondor execute node."
 EPILOG = """commands:
   cron      run the probes and print ClassAd attributes for STARTD_CRON (ends with a '-' line)
+  exporter  serve Prometheus metrics; probes run on their own schedules
   config    print the effective configuration and where each value came from
   probes    list the available probes
 
@@ -186,6 +232,11 @@ def make_parser() -> argparse.ArgumentParser:
                                       "as ClassAd attributes for the condor_startd, ending with a '-' line.")
     cron.add_argument("--force", action="store_true", help="run every probe now, even if a recent result exists")
     cron.set_defaults(func=cmd_cron)
+    exporter = sub.add_parser("exporter", parents=[common, knob_options], help="serve Prometheus metrics",
+                              description="Serve the node's probe results as Prometheus metrics on "
+                                          "STARTD_HEALTH_EXPORTER_LISTEN; each probe runs on its own schedule "
+                                          "(its _PERIOD), never on the scrape path. Stops cleanly on SIGTERM.")
+    exporter.set_defaults(func=cmd_exporter)
     config = sub.add_parser("config", parents=[common, knob_options], help="print the effective configuration",
                             description="Print every STARTD_HEALTH_ knob with its effective value and source.")
     config.set_defaults(func=cmd_config)

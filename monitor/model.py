@@ -74,9 +74,14 @@ class ProbeResult:
     measurements: Tuple[Measurement, ...] = ()
     started_at: float = 0.0          # epoch seconds when the probe started
     duration_seconds: float = 0.0    # how long the probe ran
+    last_success_at: float = 0.0     # epoch seconds when it last ended not failed (0: never); kept by the runner
+
+    @property
+    def ended_at(self) -> float:
+        return self.started_at + self.duration_seconds
 
     def age(self, now: Optional[float] = None) -> float:
-        return max(0.0, (time.time() if now is None else now) - (self.started_at + self.duration_seconds))
+        return max(0.0, (time.time() if now is None else now) - self.ended_at)
 
     def with_timing(self, started_at: float, duration_seconds: float) -> "ProbeResult":
         return replace(self, started_at=started_at, duration_seconds=duration_seconds)
@@ -90,6 +95,7 @@ class ProbeResult:
             "measurements": [m.to_json() for m in self.measurements],
             "started_at": self.started_at,
             "duration_seconds": self.duration_seconds,
+            "last_success_at": self.last_success_at,
         }
 
     @classmethod
@@ -102,6 +108,7 @@ class ProbeResult:
             measurements=tuple(Measurement.from_json(m) for m in data.get("measurements", ())),
             started_at=float(data.get("started_at", 0.0)),
             duration_seconds=float(data.get("duration_seconds", 0.0)),
+            last_success_at=float(data.get("last_success_at", 0.0)),
         )
 
 

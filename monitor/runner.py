@@ -17,7 +17,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from . import procs
@@ -209,7 +209,8 @@ def _run(probes: Sequence[Probe], settings: Mapping[str, Mapping[str, Any]], dea
             running.append(_start(probe, digest, settings[probe.name], deadline, condor, state))
 
         for run in running:
-            results[run.probe.name] = _finish(run)
+            previous = state.load(run.probe.name) if state is not None else None
+            results[run.probe.name] = _with_last_success(_finish(run), previous)
             if state is not None:
                 try:
                     state.save(results[run.probe.name], run.digest)
@@ -238,6 +239,12 @@ def _run(probes: Sequence[Probe], settings: Mapping[str, Mapping[str, Any]], dea
             lock.release()
     report.results = [results[p.name] for p in probes]
     return report
+
+
+def _with_last_success(result: ProbeResult, previous: Optional[ProbeResult]) -> ProbeResult:
+    if result.status.usable:
+        return replace(result, last_success_at=result.ended_at)
+    return replace(result, last_success_at=previous.last_success_at if previous is not None else 0.0)
 
 
 def _start(probe: Probe, digest: str, settings: Mapping[str, Any], deadline: float, condor: Any,

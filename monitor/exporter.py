@@ -1,0 +1,130 @@
+"""`startd-health exporter`: a Prometheus endpoint for one node.
+
+Probes run on their own schedules (APScheduler: one job per probe at the
+probe's period, with jitter, at most one instance, missed runs coalesced) and
+the endpoint serves the latest results: nothing is probed on the scrape
+path, so a scrape never waits for a hung mount. Results are shared with the
+cron job through the state directory (per-probe locks: the two never run the
+same probe at once, and each re-uses the other's fresh result).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import signal
+import threading
+import time
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+from .metrics import PREFIX, ResultsCollector
+from .model import Probe, ProbeResult
+from .runner import OVERRUN_GRACE_SECONDS, run_probes
+from .state import StateDir
+from .verdict import Verdict, judge
+
+log = logging.getLogger(__name__)
+
+LAUNCH_BUCKETS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+
+class NodeExporter:
+    def __init__(self, probes: Sequence[Probe], settings: Mapping[str, Mapping[str, Any]],
+                 state: Optional[StateDir], condor: Any = None) -> None:
+        import prometheus_client
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+        from prometheus_client.process_collector import ProcessCollector
+
+        if hasattr(prometheus_client, "disable_created_metrics"):  # 0.17+: no *_created noise series
+            prometheus_client.disable_created_metrics()
+
+        self.probes = list(probes)
+        self.settings = settings
+        self.state = state
+        self.condor = condor
+        self._latest: Dict[str, ProbeResult] = {}
+        self._lock = threading.Lock()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(ResultsCollector(self.snapshot))
+        ProcessCollector(registry=self.registry)
+        self.runs = Counter(f"{PREFIX}_probe_runs", "probe runs by this exporter", ["probe"], registry=self.registry)
+        self.failures = Counter(f"{PREFIX}_probe_failures", "probe runs that failed", ["probe"],
+                                registry=self.registry)
+        # Seconds-valued measurements (image launch times, ...) as histograms
+        # too: their distribution over time is what a launch regression shows.
+        self.histograms: Dict[Tuple[str, Tuple[str, ...]], Any] = {}
+        self._histogram_type = Histogram
+        if state is not None:
+            cached = state.load_all()
+            self._latest.update({p.name: cached[p.name] for p in self.probes if p.name in cached})
+        self.scheduler: Any = None
+        self.server: Any = None
+
+    def snapshot(self) -> Tuple[Sequence[ProbeResult], Verdict]:
+        with self._lock:
+            results = [self._latest[p.name] for p in self.probes if p.name in self._latest]
+        return results, judge(results)
+
+    def run_probe(self, probe: Probe) -> ProbeResult:
+        settings = self.settings[probe.name]
+        report = run_probes([probe], {probe.name: settings}, settings["timeout"] + OVERRUN_GRACE_SECONDS + 1,
+                            state=self.state, condor=self.condor)
+        result = report.results[0]
+        with self._lock:
+            self._latest[probe.name] = result
+        if probe.name not in report.reused:
+            self.runs.labels(probe.name).inc()
+            if not result.status.usable:
+                self.failures.labels(probe.name).inc()
+            self._observe(result)
+        return result
+
+    def _observe(self, result: ProbeResult) -> None:
+        for m in result.measurements:
+            if m.unit != "seconds":
+                continue
+            key = (f"{PREFIX}_{result.probe}_{m.name}_duration_seconds", tuple(k for k, _ in m.labels))
+            histogram = self.histograms.get(key)
+            if histogram is None:
+                histogram = self.histograms[key] = self._histogram_type(
+                    key[0], f"{result.probe} probe: {m.name} over time", list(key[1]), buckets=LAUNCH_BUCKETS,
+                    registry=self.registry)
+            (histogram.labels(*[v for _, v in m.labels]) if m.labels else histogram).observe(m.value)
+
+    def start(self, listen: Tuple[str, int], certfile: str = "", keyfile: str = "") -> None:
+        from apscheduler.schedulers.background import BackgroundScheduler
+        from prometheus_client import start_http_server
+
+        tls: Dict[str, str] = {"certfile": certfile, "keyfile": keyfile} if certfile else {}
+        self.server, _ = start_http_server(listen[1], addr=listen[0], registry=self.registry, **tls)
+        self.scheduler = BackgroundScheduler(timezone=datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        for index, probe in enumerate(self.probes):
+            period = self.settings[probe.name]["period"]
+            self.scheduler.add_job(
+                self.run_probe, "interval", args=[probe], id=probe.name, seconds=period,
+                jitter=min(30.0, period / 10), max_instances=1, coalesce=True, misfire_grace_time=max(1, int(period)),
+                next_run_time=now + datetime.timedelta(seconds=0.2 * index))  # first runs now, staggered
+        self.scheduler.start()
+        log.info("serving metrics on %s://%s:%d/metrics", "https" if tls else "http", *listen)
+
+    def stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+def serve(exporter: NodeExporter, listen: Tuple[str, int], certfile: str = "", keyfile: str = "") -> int:
+    """Run until SIGTERM or SIGINT; then stop cleanly (exit status 0)."""
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    exporter.start(listen, certfile, keyfile)
+    while not stopping.wait(3600):
+        pass
+    log.info("stopping")
+    exporter.stop()
+    time.sleep(0)  # let the server thread see the shutdown
+    return 0

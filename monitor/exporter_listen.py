@@ -1,0 +1,14 @@
+"""Parsing of the exporter's listen address (kept apart so that the cron path
+does not import the exporter)."""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+
+def parse_listen(text: str) -> Tuple[str, int]:
+    """'127.0.0.1:9761', '[::1]:9761', ':9761' (all interfaces) -> (address, port)."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected ADDRESS:PORT (e.g. 127.0.0.1:9761, [::1]:9761, :9761)")
+    return host.strip("[]") or "0.0.0.0", int(port)

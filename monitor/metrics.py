@@ -1,0 +1,153 @@
+"""Prometheus renderer: probe results -> metric families.
+
+One mapping, shared by the node_exporter textfile (cron), the HTTP exporter
+and, for its naming, the pool exporter. Naming follows Prometheus'
+conventions: one prefix, base units as suffixes, `_info` for metadata,
+timestamps as `_timestamp_seconds`, no free text in labels.
+
+  startd_health_healthy                                the node verdict (1/0)
+  startd_health_probe_success{probe}                   1 unless the probe failed
+  startd_health_probe_status{probe,status}             1 for the current status, 0 for the others
+  startd_health_probe_duration_seconds{probe}
+  startd_health_probe_last_run_timestamp_seconds{probe}
+  startd_health_probe_last_success_timestamp_seconds{probe}   (0: never)
+  startd_health_<probe>_<fact>                          bool / number facts
+  startd_health_<probe>_info{<fact>=...}                string facts, value 1
+  startd_health_<probe>_<item>_ok{<item>=...}           from the fact pair <items>_ok / <items>_failed (1/0)
+  startd_health_<probe>_<items>_<state>{<item>=...}     other list facts, value 1 per item
+  startd_health_<probe>_<measurement>[_<unit>]{labels}  measurements
+  startd_health_build_info{version,python}
+
+prometheus_client is imported lazily by the callers' code paths only.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import re
+from typing import Any, Dict, Iterator, List, Sequence, Tuple
+
+from . import __version__
+from .model import ProbeResult, Status
+from .verdict import Verdict
+
+PREFIX = "startd_health"
+_NOT_NAME = re.compile(r"[^a-zA-Z0-9_]+")
+
+
+def metric_name(*parts: str) -> str:
+    return "_".join(p for p in (_NOT_NAME.sub("_", part).strip("_").lower() for part in parts) if p)
+
+
+def singular(word: str) -> str:
+    return word[:-1] if word.endswith("s") and not word.endswith("ss") else word
+
+
+def _bool(value: bool) -> float:
+    return 1.0 if value else 0.0
+
+
+def families(results: Sequence[ProbeResult], verdict: Verdict) -> Iterator[Any]:
+    from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+
+    yield InfoMetricFamily(f"{PREFIX}_build", "startd-health build information",
+                           value={"version": __version__, "python": platform.python_version()})
+    yield GaugeMetricFamily(f"{PREFIX}_healthy", "1 when no probe failed: the node may take jobs",
+                            value=_bool(verdict.ok))
+
+    success = GaugeMetricFamily(f"{PREFIX}_probe_success", "1 unless the probe failed", labels=["probe"])
+    status = GaugeMetricFamily(f"{PREFIX}_probe_status", "1 for the probe's current status", labels=["probe", "status"])
+    duration = GaugeMetricFamily(f"{PREFIX}_probe_duration_seconds", "how long the probe's last run took",
+                                 labels=["probe"])
+    last_run = GaugeMetricFamily(f"{PREFIX}_probe_last_run_timestamp_seconds", "when the probe's last run ended",
+                                 labels=["probe"])
+    last_ok = GaugeMetricFamily(f"{PREFIX}_probe_last_success_timestamp_seconds",
+                                "when the probe last ended not failed (0: never)", labels=["probe"])
+    for r in results:
+        success.add_metric([r.probe], _bool(r.status.usable))
+        for s in Status:
+            status.add_metric([r.probe, s.value], _bool(r.status is s))
+        duration.add_metric([r.probe], r.duration_seconds)
+        last_run.add_metric([r.probe], r.ended_at)
+        last_ok.add_metric([r.probe], r.last_success_at)
+    yield from (success, status, duration, last_run, last_ok)
+    for r in results:
+        yield from _fact_families(r)
+        yield from _measurement_families(r)
+
+
+def _fact_families(r: ProbeResult) -> Iterator[Any]:
+    from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+
+    strings: Dict[str, str] = {}
+    for name, value in sorted(r.facts.items()):
+        if isinstance(value, bool) or isinstance(value, (int, float)):
+            number = float(value)
+            if math.isfinite(number):
+                yield GaugeMetricFamily(metric_name(PREFIX, r.probe, name), f"{r.probe} probe: {name}", value=number)
+        elif isinstance(value, str):
+            strings[metric_name(name)] = value
+    if strings:
+        yield InfoMetricFamily(metric_name(PREFIX, r.probe), f"{r.probe} probe: descriptive facts", value=strings)
+    for items, state, ok, bad in _list_facts(r):
+        item = singular(items)
+        gauge = GaugeMetricFamily(metric_name(PREFIX, r.probe, item, state),
+                                  f"{r.probe} probe: 1 per {item} in {items}_{state}"
+                                  + (f", 0 per {item} in {items}_failed" if bad else ""), labels=[item])
+        for value in ok:
+            gauge.add_metric([value], 1.0)
+        for value in bad:
+            gauge.add_metric([value], 0.0)
+        yield gauge
+
+
+def _list_facts(r: ProbeResult) -> List[Tuple[str, str, Tuple[str, ...], Tuple[str, ...]]]:
+    """(items, state, values with 1, values with 0) for each list fact named <items>_<state>;
+    an <items>_failed list is folded into its <items>_ok twin as zeros."""
+    out = []
+    for name, value in sorted(r.facts.items()):
+        if not isinstance(value, tuple) or "_" not in name:
+            continue
+        items, state = name.rsplit("_", 1)
+        if state == "failed" and isinstance(r.facts.get(f"{items}_ok"), tuple):
+            continue
+        zeros = r.facts.get(f"{items}_failed", ()) if state == "ok" else ()
+        out.append((items, state, value, zeros if isinstance(zeros, tuple) else ()))
+    return out
+
+
+def _measurement_families(r: ProbeResult) -> Iterator[Any]:
+    from prometheus_client.core import GaugeMetricFamily
+
+    by_name: Dict[str, Any] = {}
+    for m in r.measurements:
+        if not math.isfinite(m.value):
+            continue
+        name = metric_name(PREFIX, r.probe, m.name, m.unit)
+        family = by_name.get(name)
+        if family is None:
+            family = by_name[name] = GaugeMetricFamily(
+                name, f"{r.probe} probe: {m.name}" + (f" ({m.unit})" if m.unit else ""), labels=[k for k, _ in m.labels])
+        family.add_metric([v for _, v in m.labels], m.value)
+    yield from by_name.values()
+
+
+class ResultsCollector:
+    """A prometheus_client collector over whatever `snapshot()` returns now."""
+
+    def __init__(self, snapshot: Any) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Any]:
+        results, verdict = self._snapshot()
+        yield from families(results, verdict)
+
+
+def exposition(results: Sequence[ProbeResult], verdict: Verdict) -> bytes:
+    """Text exposition format of the results (no timestamps: the textfile collector rejects them)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ResultsCollector(lambda: (results, verdict)))
+    return generate_latest(registry)
