@@ -59,10 +59,13 @@ class PoolError(AssertionError):
 
 
 class RealPool:
-    def __init__(self, variant: str) -> None:
+    def __init__(self, variant: str, instance: str = "") -> None:
+        """instance: a separate copy of the root filesystem with its own
+        port, so that independent tests (or developers) can run pools side
+        by side."""
         self.variant = variant
-        self.port = PORTS[variant]
-        self.env = dict(os.environ, VARIANT=variant)
+        self.port = PORTS[variant] + (10 + sum(map(ord, instance)) % 1000 if instance else 0)
+        self.env = dict(os.environ, VARIANT=variant, INSTANCE=instance)
         self.rootfs = ""
 
     # ------------------------------------------------------------ rootfs

@@ -6,6 +6,9 @@
 # env:
 #   STARTD_HEALTH_CACHE  cache dir (default ${XDG_CACHE_HOME:-~/.cache}/startd-health)
 #   VARIANT=mix|sid      mix: trixie (condor 23.9) + apptainer from sid; sid: condor 25.x
+#   INSTANCE=NAME        a separate copy of the built root filesystem (its own
+#                        config and pool), made from the base one; lets
+#                        several pools run side by side
 #   REBUILD=1            rebuild the root filesystem (downloaded .debs are kept)
 #
 # Why this shape (each point was a failure once):
@@ -21,7 +24,8 @@ set -euo pipefail
 
 CACHE_ROOT=${STARTD_HEALTH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/startd-health}
 VARIANT=${VARIANT:-mix}
-ROOTFS=$CACHE_ROOT/rootfs-$VARIANT
+BASE_ROOTFS=$CACHE_ROOT/rootfs-$VARIANT
+ROOTFS=$BASE_ROOTFS${INSTANCE:+-$INSTANCE}
 DEBS=$CACHE_ROOT/debs-$VARIANT
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
@@ -79,6 +83,13 @@ host_prereqs() {
 build() {
   if [ -e "$ROOTFS/.fixture-$FIXTURE_VERSION" ] && [ -z "${REBUILD:-}" ]; then
     log "cached: $ROOTFS"; return
+  fi
+  if [ -n "${INSTANCE:-}" ]; then
+    INSTANCE= "$0" build
+    rm -rf "$ROOTFS" "$ROOTFS.tmp"
+    cp -a "$BASE_ROOTFS" "$ROOTFS.tmp" && mv "$ROOTFS.tmp" "$ROOTFS"
+    log "instance $INSTANCE copied from $BASE_ROOTFS"
+    return
   fi
   [ "$(id -u)" = 0 ] || die "building the root filesystem needs root (mmdebstrap, mknod)"
   host_prereqs
