@@ -5,6 +5,11 @@ Gather (touches the system, only through ctx.run): find the runtime, read its
 version, launch each configured image with the configured flags running
 `cat /proc/self/uid_map`. Judge (pure): turn those facts into a result.
 
+Each launch runs the inside script of probes/_inside.py (POSIX sh only:
+images are arbitrary): uid map, pid namespace, writable /tmp and home,
+expected bind mounts. An image passes only when it launches, the script runs
+to its end, and every inside check passes.
+
 The uid_map read inside the container tells the mode apart, as GlideinWMS
 does: the full identity map means no user namespace (setuid starter, or
 root); a one-line map of our own uid means an unprivileged user namespace;
@@ -23,6 +28,8 @@ from typing import Mapping, Optional, Sequence, Tuple
 from monitor.config import Knob, format_args, parse_args, parse_bool, parse_list, parse_seconds, parse_string
 from monitor.model import Measurement, Probe, ProbeResult, Status
 from monitor.procs import CommandResult, last_line
+
+from . import _inside as inside
 
 RUNTIME_NAMES = ("apptainer", "singularity")
 DEFAULT_FLAGS = "--ipc --pid --contain"   # the OSG/GlideinWMS set
@@ -71,6 +78,7 @@ class Launch:
     seconds: float
     mode: str = ""      # privileged | unprivileged | fakeroot (when ok)
     error: str = ""
+    pid_namespace: Optional[bool] = None   # inside in another pid namespace than ours
 
 
 @dataclass(frozen=True)
@@ -150,16 +158,35 @@ def classify_uid_map(text: str, uid: int) -> str:
     return "unprivileged"
 
 
-def launch(ctx, runtime: Runtime, image: str, path: str, flags: Sequence[str], timeout: float) -> Launch:
-    result: CommandResult = ctx.run([runtime.path, "exec", *flags, path, "cat", "/proc/self/uid_map"],
+def own_pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def launch(ctx, runtime: Runtime, image: str, path: str, flags: Sequence[str], timeout: float,
+           inside_script: str) -> Launch:
+    result: CommandResult = ctx.run([runtime.path, "exec", *flags, path, "/bin/sh", "-c", inside_script],
                                     timeout=timeout, env=runtime.env)
     if not result.ok:
         return Launch(image, path, False, result.duration_seconds, error=result.describe_failure())
-    mode = classify_uid_map(result.stdout, os.getuid())
+    return judge_launch(image, path, result.duration_seconds, inside.parse(result.stdout), os.getuid(),
+                        own_pid_namespace(), last_line(result.stdout))
+
+
+def judge_launch(image: str, path: str, seconds: float, report: inside.InsideReport, uid: int, our_pidns: str,
+                 last: str = "") -> Launch:
+    if not report.finished:
+        return Launch(image, path, False, seconds, error=f"exit 0 but the inside script did not finish: {last!r}")
+    mode = classify_uid_map(report.uid_map, uid)
     if not mode:
-        return Launch(image, path, False, result.duration_seconds,
-                      error=f"exit 0 but unexpected output: {last_line(result.stdout)!r}")
-    return Launch(image, path, True, result.duration_seconds, mode=mode)
+        return Launch(image, path, False, seconds, error=f"unexpected uid_map inside: {report.uid_map!r}")
+    pidns = bool(report.pidns and our_pidns and report.pidns != our_pidns) if report.pidns else None
+    if report.failures:
+        return Launch(image, path, False, seconds, mode=mode, pid_namespace=pidns,
+                      error="inside: " + "; ".join(report.failures))
+    return Launch(image, path, True, seconds, mode=mode, pid_namespace=pidns)
 
 
 def gather(ctx) -> Gathered:
@@ -173,9 +200,11 @@ def gather(ctx) -> Gathered:
         return Gathered(runtime, version_error="exit 0 but printed no version")
     name, number = parse_version(version.stdout)
     launches = []
+    script = inside.script(ctx.settings["binds"])
     for entry in ctx.settings["images"]:
         image, _, path = entry.partition("=")
-        launches.append(launch(ctx, runtime, image, path, ctx.settings["flags"], ctx.settings["launch_timeout"]))
+        launches.append(launch(ctx, runtime, image, path, ctx.settings["flags"], ctx.settings["launch_timeout"],
+                               script))
     return Gathered(runtime, name=name or os.path.basename(runtime.path), version=number, launches=tuple(launches))
 
 
@@ -194,7 +223,11 @@ def judge(g: Gathered, partial_ok: bool = False) -> ProbeResult:
     bad = tuple(l.image for l in g.launches if not l.ok)
     modes = sorted({l.mode for l in g.launches if l.ok})
     facts.update(runtime=g.name, version=g.version, images_ok=ok, images_failed=bad,
-                 mode=",".join(modes), available=bool(ok) or not g.launches)
+                 mode=",".join(modes), available=bool(ok) or not g.launches,
+                 image_errors=tuple(f"{l.image}: {l.error}" for l in g.launches if not l.ok))
+    pidns = [l.pid_namespace for l in g.launches if l.ok and l.pid_namespace is not None]
+    if pidns:
+        facts["pid_namespace"] = all(pidns)
     measurements = tuple(Measurement("launch", l.seconds, "seconds", {"image": l.image}) for l in g.launches if l.ok)
     what = f"{g.name} {g.version}" + (f" ({facts['mode']})" if modes else "")
     if not g.launches:
@@ -222,6 +255,8 @@ class ContainerProbe(Probe):
         Knob("CONTAINER_FLAGS", parse_args, parse_args(DEFAULT_FLAGS), "flags given to `exec` for each "
              "launch test", "FLAGS", format_args),
         Knob("CONTAINER_LAUNCH_TIMEOUT", parse_seconds, 30.0, "budget for one image launch", "SECONDS"),
+        Knob("CONTAINER_BINDS", parse_list, (), "paths that must be present inside every image (bind mounts "
+             "such as /cvmfs; give the matching --bind in CONTAINER_FLAGS if HTCondor adds it for jobs)", "LIST"),
         Knob("CONTAINER_PARTIAL_OK", parse_bool, False, "when some but not all images launch, report "
              "degraded (node stays usable; jobs must match on StartdHealthContainerImagesOk) instead of failed",
              "BOOL"),

@@ -146,6 +146,21 @@ def test_container_probe_launches_sif_and_sandbox_with_real_apptainer(pool, user
     assert ad["StartdHealthContainerImagesOk"] == ["sif", "sandbox"]
     # Debian's apptainer is not setuid: root runs without a user namespace.
     assert ad["StartdHealthContainerMode"] == ("privileged" if user == "root" else "unprivileged")
+    assert ad["StartdHealthContainerPidNamespace"] is True  # the default flags include --pid
+
+
+def test_checks_inside_the_image_need_the_expected_binds(pool):
+    """busybox sh runs the inside checks; a bind the site expects (e.g. /cvmfs) must be there."""
+    base = ["/opt/startd-health/venv/bin/startd-health", "cron", "--force", "--state-dir", "/tmp/sh-binds",
+            "--container-images", "sif=/opt/containers/test.sif,sandbox=/opt/containers/sandbox",
+            "--container-binds", "/cvmfs"]
+    missing = parse_cron_output(pool.enter(*base, user="tester").stdout)
+    assert missing["StartdHealthOk"] is False
+    assert missing["StartdHealthContainerImageErrors"] == ["sif: inside: bind:/cvmfs: not mounted inside",
+                                                           "sandbox: inside: bind:/cvmfs: not mounted inside"]
+    bound = parse_cron_output(pool.enter(*base, "--container-flags", "--ipc --pid --contain --bind /opt:/cvmfs",
+                                         user="tester").stdout)
+    assert bound["StartdHealthContainerImagesOk"] == ["sif", "sandbox"], bound["StartdHealthContainerReason"]
 
 
 def test_unit_tests_pass_on_this_distributions_python(pool):

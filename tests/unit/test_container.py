@@ -94,7 +94,7 @@ if [ "$1" = --version ]; then {version_body}; fi
 
 def ctx_for(runtime, images=("t=/img",), budget=20.0, launch_timeout=2.0):
     settings = {"runtime": runtime, "module": "", "images": images, "flags": ("--ipc",),
-                "launch_timeout": launch_timeout, "partial_ok": False}
+                "launch_timeout": launch_timeout, "partial_ok": False, "binds": ()}
     return ProbeContext("container", settings, time.monotonic() + budget)
 
 
@@ -118,16 +118,19 @@ def test_gather_with_image_whose_exec_hangs(tmp_path):
 def test_gather_exit_zero_with_unexpected_output_is_a_failed_launch(tmp_path):
     rt = fake_runtime(tmp_path, "echo 'apptainer version 9.9'; exit 0", "echo 'WARNING: something'; exit 0")
     r = judge(gather(ctx_for(rt)))
-    assert r.status is Status.FAILED and "unexpected output: 'WARNING: something'" in r.reason
+    assert r.status is Status.FAILED and "inside script did not finish: 'WARNING: something'" in r.reason
 
 
-def test_gather_reads_mode_and_passes_flags(tmp_path):
+def test_gather_runs_the_inside_script_with_the_flags(tmp_path):
     log = tmp_path / "argv"
+    # The stand-in runs the inside script on the host: a real /bin/sh, a real
+    # /proc/self/uid_map (the full map: no user namespace), the same pid namespace.
     rt = fake_runtime(tmp_path, "echo 'apptainer version 9.9'; exit 0",
-                      f'echo "$@" > {log}; echo "{os.getuid()} {os.getuid()} 1"')
+                      f'echo "$1 $2 $3 $4 $5" > {log}; shift 3; exec "$@"')
     r = judge(gather(ctx_for(rt)))
-    assert r.status is Status.OK and r.facts["mode"] == "unprivileged"
-    assert log.read_text().split() == ["exec", "--ipc", "/img", "cat", "/proc/self/uid_map"]
+    assert r.status is Status.OK, r.reason
+    assert r.facts["mode"] == "privileged" and r.facts["pid_namespace"] is False
+    assert log.read_text().split() == ["exec", "--ipc", "/img", "/bin/sh", "-c"]
 
 
 def test_configured_runtime_that_is_missing(tmp_path):
@@ -140,7 +143,7 @@ def test_module_command_provides_runtime_and_environment(tmp_path):
     bindir.mkdir()
     fake_runtime(bindir, "echo \"apptainer version $FROM_MODULE\"; exit 0", "exit 0")
     settings = {"runtime": "", "module": f"export PATH={bindir}:$PATH FROM_MODULE=7.7", "images": (),
-                "flags": (), "launch_timeout": 2.0, "partial_ok": False}
+                "flags": (), "launch_timeout": 2.0, "partial_ok": False, "binds": ()}
     r = judge(gather(ProbeContext("container", settings, time.monotonic() + 20)))
     assert r.status is Status.OK and r.facts["version"] == "7.7" and r.facts["path"] == str(bindir / "apptainer")
     settings["module"] = "false"
