@@ -24,6 +24,7 @@ from .exporter_listen import parse_listen
 log = logging.getLogger("startd-health")
 
 EXIT_OK, EXIT_INTERNAL, EXIT_CONFIG, EXIT_STATE = 0, 1, 2, 3
+EXIT_UNKNOWN = 3  # `check`: the monitoring-plugin "unknown" (0/1/2 are healthy/degraded/failed)
 
 CORE_KNOBS = (
     Knob("PROBES", parse_list, None, "probes to run (default: every probe enabled by default)", "LIST"),
@@ -175,6 +176,31 @@ def cmd_exporter(args: argparse.Namespace) -> int:
                           f"{address}:{port}: {exc.strerror or exc}") from None
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from .runner import run_probes
+    from .state import StateDir
+    from .terminal import as_json, exit_status, table
+    from .verdict import judge
+
+    try:
+        config = build_config(args)
+    except ConfigError as exc:
+        print(f"startd-health: error: {exc}", file=sys.stderr)
+        return EXIT_UNKNOWN
+    probes = selected_probes(config)
+    report = run_probes(probes, probe_settings(config, probes), config["DEADLINE"],
+                        state=StateDir(config["STATE_DIR"]), force=args.force, condor=config.condor)
+    verdict, now = judge(report.results), time.time()
+    if args.json:
+        _emit(as_json(report.results, verdict, now))
+    else:
+        colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+        _emit(table(report.results, verdict, now, colour))
+    if report.state_error:
+        log.warning("%s", report.state_error)
+    return exit_status(report.results)
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     config = build_config(args)
     where = ("found" + (f" (CONDOR_CONFIG={os.environ['CONDOR_CONFIG']})" if os.environ.get("CONDOR_CONFIG") else "")
@@ -202,6 +228,7 @@ def _emit(text: str) -> None:
 DESCRIPTION = "Health and benchmark probes for an HTCondor execute node."
 EPILOG = """commands:
   cron      run the probes and print ClassAd attributes for STARTD_CRON (ends with a '-' line)
+  check     run the probes and print a table for a person (exit 0 healthy, 1 degraded, 2 failed)
   exporter  serve Prometheus metrics; probes run on their own schedules
   config    print the effective configuration and where each value came from
   probes    list the available probes
@@ -232,6 +259,13 @@ def make_parser() -> argparse.ArgumentParser:
                                       "as ClassAd attributes for the condor_startd, ending with a '-' line.")
     cron.add_argument("--force", action="store_true", help="run every probe now, even if a recent result exists")
     cron.set_defaults(func=cmd_cron)
+    check = sub.add_parser("check", parents=[common, knob_options], help="print the node's health for a person",
+                           description="Run the probes (re-using recent results) and print a table: status, "
+                                       "age and reason of every probe, and the node's verdict. Exit status: 0 "
+                                       "healthy, 1 degraded, 2 failed, 3 configuration error.")
+    check.add_argument("--force", action="store_true", help="run every probe now, even if a recent result exists")
+    check.add_argument("--json", action="store_true", help="print JSON instead of a table (for scripts)")
+    check.set_defaults(func=cmd_check)
     exporter = sub.add_parser("exporter", parents=[common, knob_options], help="serve Prometheus metrics",
                               description="Serve the node's probe results as Prometheus metrics on "
                                           "STARTD_HEALTH_EXPORTER_LISTEN; each probe runs on its own schedule "
