@@ -1,0 +1,579 @@
+"""CVMFS probe: is each configured repository mounted, readable, and free of
+recent I/O errors?
+
+Every access to a repository happens in a child process (a few lines of
+Python started with -I -S, ~10 ms): a hung FUSE or autofs mount blocks
+whoever touches it in uninterruptible sleep, which no signal ends, so the
+one touching it must be a process we can abandon. Repositories are checked
+in parallel, each with its own timeout, so that one hung repository does not
+use up the others' time.
+
+A child that could not be killed is remembered in the probe's scratch
+directory (pid and kernel start time). While it lives, its repository is
+reported as still hung and no new child is started: otherwise every run
+would leave one more process stuck on the mount.
+
+As on the OSPool, a repository that failed, or whose client reports an I/O
+error (user.timestamp_last_ioerr) within the quarantine window, stays
+unusable until the window has passed: a flapping repository would otherwise
+attract jobs that then fail.
+
+Gather (touches the system, only through ctx.run and the scratch
+directory): the children's findings, the mount table. Judge (pure): those
+facts, the remembered failures and the time -> a result.
+
+inside_script/parse_inside are the same check for inside a container image,
+where only /bin/sh and coreutils can be assumed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shlex
+import sys
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from monitor.config import Knob, parse_list, parse_positive_seconds, parse_seconds
+from monitor.model import Measurement, Probe, ProbeResult, Status
+from monitor.procs import KILL_GRACE_SECONDS, REAP_WAIT_SECONDS, CommandResult
+from monitor.state import write_atomic
+
+log = logging.getLogger(__name__)
+
+# Read to learn what is mounted where, never by stat()ing mount points (a
+# hung one would block us). A module constant so that tests can point it at
+# a recorded file.
+MOUNTS_FILE = "/proc/self/mounts"
+DEFAULT_ROOT = "/cvmfs"
+DEFAULT_QUARANTINE_SECONDS = 4 * 3600.0    # the OSPool pilot's window
+QUARANTINE_FILE = "quarantine.json"
+HUNG_FILE = "hung-{repo}.json"
+
+# Attributes a CVMFS client answers on a repository's top directory. Each
+# is one cheap in-memory lookup in cvmfs2 (none downloads anything); any of
+# them may be protected (CVMFS_XATTR_PROTECTED_XATTRS) or absent in older
+# clients, and is then skipped.
+XATTRS = ("revision", "nioerr", "timestamp_last_ioerr", "fqrn", "version", "pid", "expires", "usedfd",
+          "maxfd", "speed", "hitrate", "proxy", "host", "uptime", "nclg")
+MAX_XATTR_CHARS = 256
+# After a child's timeout: SIGTERM, KILL_GRACE_SECONDS, SIGKILL, REAP_WAIT_SECONDS, abandon.
+ESCALATION_SECONDS = KILL_GRACE_SECONDS + REAP_WAIT_SECONDS
+MIN_REPO_BUDGET = 1.0
+
+_REPO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+# Runs in the child. It prints "listed" as soon as the top directory was
+# read, so that a timeout can tell a hung listing from a hung attribute read,
+# then one JSON line with what it found.
+CHILD_SCRIPT = r"""
+import json, os, sys, time
+path, names = sys.argv[1], sys.argv[2].split(",")
+found = {}
+start = time.monotonic()
+try:
+    entries = os.listdir(path)
+except OSError as exc:
+    found["error"] = exc.strerror or str(exc)
+else:
+    found["first_access"] = time.monotonic() - start
+    found["entries"] = len(entries)
+    sys.stdout.write("listed\n")
+    sys.stdout.flush()
+    values = {}
+    for name in names:
+        try:
+            raw = os.getxattr(path, "user." + name)
+        except OSError:
+            continue
+        values[name] = raw[:%d].decode("utf-8", "replace").strip("\0 \t\n")
+    found["xattrs"] = values
+    found["realpath"] = os.path.realpath(path)
+sys.stdout.write(json.dumps(found) + "\n")
+""" % MAX_XATTR_CHARS
+
+
+# ---------------------------------------------------------------- configuration
+
+def parse_repositories(text: str) -> Tuple[str, ...]:
+    repos: List[str] = []
+    for repo in parse_list(text):
+        if not _REPO_NAME.match(repo) or ".." in repo:
+            raise ValueError(f"{repo!r} is not a repository name (e.g. oasis.opensciencegrid.org)")
+        if repo not in repos:
+            repos.append(repo)
+    return tuple(repos)
+
+
+def parse_root(text: str) -> str:
+    path = text.strip()
+    if not os.path.isabs(path):
+        raise ValueError("expected an absolute path")
+    return os.path.normpath(path)
+
+
+# ---------------------------------------------------------------- facts
+
+@dataclass(frozen=True)
+class Mount:
+    source: str    # e.g. cvmfs2
+    point: str
+    fstype: str    # e.g. fuse
+
+    @property
+    def is_cvmfs(self) -> bool:
+        return self.fstype == "fuse.cvmfs2" or (self.fstype.startswith("fuse") and self.source.startswith("cvmfs2"))
+
+
+@dataclass(frozen=True)
+class RepoCheck:
+    """What gather found about one repository."""
+
+    repo: str
+    path: str
+    listed: bool = False                 # the top directory could be read
+    error: str = ""                      # why reading it failed (strerror)
+    check_error: str = ""                # why the check itself could not be made
+    timed_out_after: float = 0.0         # > 0: the child did not answer within this many seconds
+    timed_out_listing: bool = True       # ... while listing (else while reading attributes)
+    abandoned_pid: int = 0               # that child could not be killed and was left behind
+    hung_since: float = 0.0              # > 0: a child of an earlier run is still stuck (not re-checked)
+    hung_pid: int = 0
+    first_access: Optional[float] = None  # seconds the first listing took
+    xattrs: Mapping[str, str] = field(default_factory=dict)
+    realpath: str = ""                   # the path with symlinks resolved, as the mount table spells it
+    mount: Optional[Mount] = None        # what is mounted there (after the access, which triggers autofs)
+    mounts_error: str = ""               # the mount table could not be read: mount state unknown
+
+    def number(self, xattr: str) -> Optional[int]:
+        try:
+            return int(self.xattrs[xattr])
+        except (KeyError, ValueError):
+            return None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A failure remembered across runs, for the quarantine window."""
+
+    at: float       # epoch seconds of the last run that found the repository failing
+    reason: str
+
+
+@dataclass(frozen=True)
+class HungChild:
+    pid: int
+    start_ticks: int   # /proc/<pid>/stat field 22: tells the same process from a reused pid
+    since: float       # epoch seconds when it was started
+
+
+# ---------------------------------------------------------------- gather
+
+def unescape_mount_field(text: str) -> str:
+    """The kernel writes blanks and backslashes in mount fields as \\NNN octal."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
+
+
+def parse_mounts(text: str) -> Dict[str, Mount]:
+    """Mount point -> mount; of mounts stacked on one point, the last (visible) one."""
+    mounts: Dict[str, Mount] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 3:
+            source, point, fstype = (unescape_mount_field(f) for f in fields[:3])
+            mounts[point] = Mount(source, point, fstype)
+    return mounts
+
+
+def read_mounts(path: str) -> Tuple[Optional[Dict[str, Mount]], str]:
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as handle:
+            return parse_mounts(handle.read()), ""
+    except OSError as exc:
+        return None, f"cannot read {path}: {exc.strerror}"
+
+
+def process_start_ticks(pid: int) -> Optional[int]:
+    """Start time of a live process (None: gone or a zombie). Only
+    /proc/<pid>/stat is read: unlike cmdline or maps, it takes no lock that
+    a process stuck on a mount may hold."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        if fields[0] in ("Z", "X"):
+            return None
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _hung_path(scratch: str, repo: str) -> str:
+    return os.path.join(scratch, HUNG_FILE.format(repo=repo))
+
+
+def remember_hung(scratch: Optional[str], repo: str, pid: int, since: float) -> None:
+    ticks = process_start_ticks(pid)
+    if scratch is None or ticks is None:   # no place to remember it, or it has gone after all
+        return
+    data = json.dumps({"pid": pid, "start_ticks": ticks, "since": since}).encode()
+    try:
+        write_atomic(_hung_path(scratch, repo), data)
+    except OSError as exc:
+        log.warning("cannot remember hung child %d of %s: %s", pid, repo, exc)
+
+
+def still_hung(scratch: Optional[str], repo: str) -> Optional[HungChild]:
+    """The child an earlier run left on this repository, if it is still there."""
+    if scratch is None:
+        return None
+    path = _hung_path(scratch, repo)
+    try:
+        with open(path, "rb") as handle:
+            data = json.loads(handle.read())
+        child = HungChild(int(data["pid"]), int(data["start_ticks"]), float(data["since"]))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring unreadable %s: %s", path, exc)
+        child = None
+    if child is not None and process_start_ticks(child.pid) == child.start_ticks:
+        return child
+    try:
+        os.unlink(path)   # it has gone (the mount recovered, or it was freed): check again
+    except OSError:
+        pass
+    return None
+
+
+def load_failures(scratch: Optional[str]) -> Dict[str, Failure]:
+    if scratch is None:
+        return {}
+    path = os.path.join(scratch, QUARANTINE_FILE)
+    try:
+        with open(path, "rb") as handle:
+            data = json.loads(handle.read())
+        return {str(repo): Failure(float(f["at"]), str(f["reason"])) for repo, f in data.items()}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("ignoring unreadable %s: %s", path, exc)
+        return {}
+
+
+def save_failures(scratch: Optional[str], failures: Mapping[str, Failure]) -> None:
+    if scratch is None:
+        return
+    data = json.dumps({repo: {"at": f.at, "reason": f.reason} for repo, f in sorted(failures.items())})
+    try:
+        write_atomic(os.path.join(scratch, QUARANTINE_FILE), data.encode())
+    except OSError as exc:
+        log.warning("cannot keep the quarantine state in %s: %s", scratch, exc)
+
+
+def parse_child_output(stdout: str) -> Optional[Dict[str, object]]:
+    lines = stdout.strip().splitlines()
+    try:
+        found = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def repo_budget(timeout: float, remaining: float) -> float:
+    """The repository's timeout, shortened when the probe's budget is short so
+    that a hung child's whole TERM/KILL/abandon sequence still ends within
+    that budget: the runner's grace after it is a safety net, not ours to
+    spend. Below a second that reserve is not taken (a check needs time)."""
+    reserved = min(timeout, remaining - ESCALATION_SECONDS)
+    return reserved if reserved >= MIN_REPO_BUDGET else min(timeout, remaining)
+
+
+def check_repo(ctx, repo: str, path: str, timeout: float, scratch: Optional[str]) -> RepoCheck:
+    """List the repository and read its attributes, in a child we can abandon."""
+    budget = repo_budget(timeout, ctx.remaining())
+    started = time.time()
+    python = sys.executable or "python3"
+    # cwd "/": the child must not pin, or stumble on, whatever directory we were started in
+    result: CommandResult = ctx.run([python, "-I", "-S", "-c", CHILD_SCRIPT, path, ",".join(XATTRS)],
+                                    timeout=budget, cwd="/")
+    if result.error:   # no time left in the probe's budget (timed_out), or could not start
+        return RepoCheck(repo, path, check_error=result.error if result.timed_out else result.describe_failure())
+    if result.timed_out:
+        if result.abandoned and result.pid:
+            remember_hung(scratch, repo, result.pid, started)
+        return RepoCheck(repo, path, timed_out_after=budget, timed_out_listing="listed" not in result.stdout,
+                         abandoned_pid=(result.pid or 0) if result.abandoned else 0)
+    found = parse_child_output(result.stdout)
+    if found is None:
+        return RepoCheck(repo, path, check_error=result.describe_failure())
+    first_access = found.get("first_access")
+    xattrs = found.get("xattrs")
+    return RepoCheck(
+        repo, path,
+        listed="error" not in found,
+        error=str(found.get("error", "")),
+        first_access=float(first_access) if isinstance(first_access, (int, float)) else None,
+        xattrs={str(k): str(v) for k, v in xattrs.items()} if isinstance(xattrs, dict) else {},
+        realpath=str(found.get("realpath", "")),
+    )
+
+
+def check_all(ctx, repos: Sequence[str], root: str, timeout: float, scratch: Optional[str]) -> List[RepoCheck]:
+    """Check the repositories in parallel, except those still hung from an earlier run."""
+    checks: Dict[str, RepoCheck] = {}
+    threads = []
+    for repo in repos:
+        path = os.path.join(root, repo)
+        stuck = still_hung(scratch, repo)
+        if stuck is not None:
+            checks[repo] = RepoCheck(repo, path, hung_since=stuck.since, hung_pid=stuck.pid)
+            continue
+
+        def work(repo: str = repo, path: str = path) -> None:
+            checks[repo] = check_repo(ctx, repo, path, timeout, scratch)
+
+        thread = threading.Thread(target=work, name=f"cvmfs-{repo}", daemon=True)
+        thread.start()
+        threads.append(thread)
+    # ctx.run returns within its timeout plus the TERM/KILL/abandon sequence;
+    # the join deadline only guards against a bug, never waits on a mount.
+    join_until = time.monotonic() + ctx.remaining() + KILL_GRACE_SECONDS + REAP_WAIT_SECONDS + 0.5
+    for thread in threads:
+        thread.join(max(0.0, join_until - time.monotonic()))
+    return [checks.get(repo) or RepoCheck(repo, os.path.join(root, repo), check_error="check did not return")
+            for repo in repos]
+
+
+def with_mounts(checks: Sequence[RepoCheck], mounts_file: str) -> List[RepoCheck]:
+    """Attach what the mount table says about each repository, read after
+    the accesses (which are what makes autofs mount a repository)."""
+    mounts, error = read_mounts(mounts_file)
+    if mounts is None:
+        return [replace(c, mounts_error=error) for c in checks]
+    return [replace(c, mount=mounts.get(c.realpath or os.path.normpath(c.path))) for c in checks]
+
+
+def gather(ctx, scratch: Optional[str]) -> List[RepoCheck]:
+    checks = check_all(ctx, ctx.settings["repositories"], ctx.settings["root"], ctx.settings["repo_timeout"],
+                       scratch)
+    return with_mounts(checks, MOUNTS_FILE)
+
+
+# ---------------------------------------------------------------- judge
+
+def iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def seconds(value: float) -> str:
+    return f"{value:.0f}s" if value >= 10 or float(value).is_integer() else f"{value:.1f}s"
+
+
+def failure_reason(c: RepoCheck) -> str:
+    """Why the repository is unusable right now; '' if it works."""
+    if c.hung_since:
+        return f"still hung since {iso(c.hung_since)} (pid {c.hung_pid} stuck on it; not checked again)"
+    if c.timed_out_after:
+        what = "ls" if c.timed_out_listing else "reading attributes"
+        left = f", pid {c.abandoned_pid} unkillable" if c.abandoned_pid else ""
+        return f"{what} timed out after {seconds(c.timed_out_after)} (hung mount{left})"
+    if c.check_error:
+        return f"check failed: {c.check_error}"
+    mount_known = not c.mounts_error
+    if not c.listed:
+        if mount_known and c.mount is None:
+            return f"not mounted ({c.error})"
+        return f"ls failed: {c.error}"
+    if mount_known and c.mount is None:
+        return f"not mounted ({c.realpath or c.path} is a plain directory)"
+    if mount_known and c.mount is not None and not c.mount.is_cvmfs and c.xattrs.get("fqrn") != c.repo:
+        return f"not CVMFS: {c.mount.fstype} mount of {c.mount.source}"
+    return ""
+
+
+def quarantine_reason(c: RepoCheck, failure: Optional[Failure], now: float, window: float) -> str:
+    """Why a repository that works now is still held back; '' if it is not."""
+    if window <= 0:
+        return ""
+    holds = []
+    if failure is not None and now - failure.at < window:
+        holds.append((failure.at + window, f"failed at {iso(failure.at)}: {failure.reason}"))
+    last_ioerr = c.number("timestamp_last_ioerr") or 0
+    if last_ioerr > 0 and now - last_ioerr < window:
+        holds.append((last_ioerr + window, f"I/O error at {iso(last_ioerr)}"))
+    if not holds:
+        return ""
+    until, why = max(holds)
+    return f"quarantined until {iso(until)} ({why})"
+
+
+def measurements(c: RepoCheck) -> List[Measurement]:
+    labels = {"repo": c.repo}
+    found = []
+    for name, xattr, unit in (("revision", "revision", ""), ("nioerr", "nioerr", ""),
+                              ("last_ioerr", "timestamp_last_ioerr", "timestamp_seconds")):
+        value = c.number(xattr)
+        if value is not None:
+            found.append(Measurement(name, float(value), unit, labels))
+    if c.first_access is not None:
+        found.append(Measurement("first_access", c.first_access, "seconds", labels))
+    return found
+
+
+def judge(checks: Sequence[RepoCheck], failures: Mapping[str, Failure], now: float, window: float) -> ProbeResult:
+    """Every repository is ok, failed (unusable now) or quarantined (works,
+    but failed or had an I/O error within the window); any but ok fails the probe."""
+    ok: List[str] = []
+    failed: List[str] = []
+    quarantined: List[str] = []
+    problems: List[str] = []
+    found: List[Measurement] = []
+    for c in checks:
+        found += measurements(c)
+        why = failure_reason(c)
+        held = "" if why else quarantine_reason(c, failures.get(c.repo), now, window)
+        if why:
+            failed.append(c.repo)
+        elif held:
+            quarantined.append(c.repo)
+        else:
+            ok.append(c.repo)
+        if why or held:
+            problems.append(f"{c.repo}: {why or held}")
+    facts: Dict[str, object] = {"repos_ok": tuple(ok), "repos_failed": tuple(failed),
+                                "repos_quarantined": tuple(quarantined)}
+    versions = sorted({c.xattrs["version"] for c in checks if c.xattrs.get("version")})
+    if versions:
+        facts["client_version"] = ",".join(versions)
+    summary = f"{len(ok)}/{len(checks)} repositories ok"
+    if problems:
+        return ProbeResult("cvmfs", Status.FAILED, summary + "; " + "; ".join(problems), facts, tuple(found))
+    return ProbeResult("cvmfs", Status.OK, summary, facts, tuple(found))
+
+
+def updated_failures(checks: Sequence[RepoCheck], failures: Mapping[str, Failure], now: float,
+                     window: float) -> Dict[str, Failure]:
+    """What to remember: this run's failures, and earlier ones still inside
+    the window (of configured repositories only)."""
+    if window <= 0:
+        return {}
+    kept = {c.repo: failures[c.repo] for c in checks
+            if c.repo in failures and now - failures[c.repo].at < window}
+    for c in checks:
+        why = failure_reason(c)
+        if not why:
+            continue
+        earlier = kept.get(c.repo)
+        if c.hung_since and earlier is not None:
+            why = earlier.reason   # what the hang looked like when it was found, not "still hung"
+        kept[c.repo] = Failure(now, why)
+    return kept
+
+
+class CvmfsProbe(Probe):
+    name = "cvmfs"
+    description = "CVMFS: each configured repository mounted, listable, its revision and I/O errors; quarantine"
+    default_period = 300.0
+    # Repositories are checked in parallel: one repository timeout (20 s),
+    # plus the kill sequence of a hung child, plus start-up.
+    default_timeout = 30.0
+    knobs = (
+        Knob("CVMFS_REPOSITORIES", parse_repositories, (), "repositories to check, separated by commas or "
+             "spaces (e.g. oasis.opensciencegrid.org); none: the probe is skipped", "LIST"),
+        Knob("CVMFS_ROOT", parse_root, DEFAULT_ROOT, "where the repositories are mounted", "PATH"),
+        Knob("CVMFS_REPO_TIMEOUT", parse_positive_seconds, 20.0, "budget for checking one repository; a "
+             "check that hangs is abandoned and the repository reported failed", "SECONDS"),
+        Knob("CVMFS_QUARANTINE", parse_seconds, DEFAULT_QUARANTINE_SECONDS, "a repository that failed, or "
+             "whose client reported an I/O error, stays unusable this long (0: no quarantine)", "SECONDS"),
+    )
+
+    def run(self, ctx) -> ProbeResult:
+        if not ctx.settings["repositories"]:
+            return ProbeResult(self.name, Status.SKIPPED,
+                               "no repository configured (STARTD_HEALTH_CVMFS_REPOSITORIES)")
+        scratch = ctx.scratch_dir()
+        failures = load_failures(scratch)
+        checks = gather(ctx, scratch)
+        now = time.time()
+        window = ctx.settings["quarantine"]
+        save_failures(scratch, updated_failures(checks, failures, now, window))
+        return judge(checks, failures, now, window)
+
+
+# ---------------------------------------------------------------- inside a container
+
+@dataclass(frozen=True)
+class InsideCheck:
+    """One repository as seen from inside a container."""
+
+    repo: str
+    ok: bool
+    revision: Optional[int] = None
+    reason: str = ""
+
+
+# Each repository is checked in its own background subshell, so that one
+# hung repository does not keep the others from answering before the
+# caller's timeout; each answer is one short printf, a single write that
+# does not interleave with the others'. Only sh built-ins and ls are
+# needed (getfattr or attr when the image has them); an error message is
+# cut to its first line with a parameter expansion, not with tr or head.
+_INSIDE_FUNCTION = r"""cvmfs_nl='
+'
+cvmfs_check() {
+  d="$1/$2"
+  if err=$(ls "$d/." 2>&1 >/dev/null); then
+    rev=
+    if command -v getfattr >/dev/null 2>&1; then
+      rev=$(getfattr --only-values --absolute-names -n user.revision "$d" 2>/dev/null)
+    elif command -v attr >/dev/null 2>&1; then
+      rev=$(attr -q -g revision "$d" 2>/dev/null)
+    fi
+    case $rev in *[!0-9]*) rev= ;; esac
+    printf 'cvmfs %s ok %s\n' "$2" "$rev"
+  else
+    rc=$?
+    err=${err%%"$cvmfs_nl"*}
+    printf 'cvmfs %s fail %s\n' "$2" "${err:-ls exit $rc}"
+  fi
+}
+"""
+
+
+def inside_script(root: str, repos: Sequence[str]) -> str:
+    """A POSIX sh snippet (needs only sh and ls; getfattr or attr if
+    present) printing one line per repository: `cvmfs <repo> ok <revision>`
+    (revision empty when no attribute tool is there) or
+    `cvmfs <repo> fail <reason>`. The caller must run it under a timeout."""
+    lines = [_INSIDE_FUNCTION, f"cvmfs_root={shlex.quote(root)}"]
+    for repo in repos:
+        if not _REPO_NAME.match(repo):
+            raise ValueError(f"{repo!r} is not a repository name")
+        lines.append(f'cvmfs_check "$cvmfs_root" {shlex.quote(repo)} &')
+    lines.append("wait")
+    return "\n".join(lines) + "\n"
+
+
+def parse_inside(output: str, repos: Sequence[str] = ()) -> Dict[str, InsideCheck]:
+    """The script's answers by repository. Repositories given in ``repos``
+    that did not answer (the caller's timeout ended the script: a hung
+    mount) are failed with that reason. Other lines are ignored."""
+    found: Dict[str, InsideCheck] = {}
+    for line in output.splitlines():
+        parts = line.rstrip("\r").split(" ", 3)
+        if len(parts) < 3 or parts[0] != "cvmfs":
+            continue
+        repo, verdict, rest = parts[1], parts[2], parts[3].strip() if len(parts) > 3 else ""
+        if verdict == "ok":
+            found[repo] = InsideCheck(repo, True, int(rest) if rest.isdigit() else None)
+        elif verdict == "fail":
+            found[repo] = InsideCheck(repo, False, reason=rest[:MAX_XATTR_CHARS] or "failed")
+    for repo in repos:
+        if repo not in found:
+            found[repo] = InsideCheck(repo, False, reason="no answer (hung mount or timed out)")
+    return found
