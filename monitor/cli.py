@@ -41,6 +41,8 @@ CORE_KNOBS = (
     Knob("EXPORTER_TLS_CERT", parse_string, "", "TLS certificate file for the exporter (with "
          "EXPORTER_TLS_KEY; empty: plain HTTP)", "FILE"),
     Knob("EXPORTER_TLS_KEY", parse_string, "", "TLS private key file for the exporter", "FILE"),
+    Knob("HOOK_TIMEOUT", parse_positive_seconds, 20.0, "the pre-job hook decides within this many seconds "
+         "(HTCondor gives PREPARE_JOB hooks no timeout)", "SECONDS"),
 )
 MIN_DEADLINE = 5.0
 
@@ -61,7 +63,8 @@ def probe_knobs(name: str, cls: Any) -> Tuple[Knob, ...]:
 
 
 def all_knobs() -> List[Knob]:
-    knobs = list(CORE_KNOBS)
+    from .pool_exporter import POOL_KNOBS
+    knobs = list(CORE_KNOBS) + list(POOL_KNOBS)
     for name, cls in _probe_classes().items():
         knobs.extend(probe_knobs(name, cls))
     return knobs
@@ -81,8 +84,10 @@ def build_config(args: argparse.Namespace) -> Config:
     condor = CondorParams(False if args.no_condor_config else None)
     known = _probe_classes()
     enabled = tuple(n for n, c in known.items() if c.enabled_by_default)
+    from .pool_exporter import default_collectors
     config = load_config(knobs, flags, condor, {
         "STATE_DIR": _default_state_dir,
+        "POOL_COLLECTORS": default_collectors,
         "PROBES": lambda _: (enabled, "default (probes enabled by default)"),
     })
     unknown = [p for p in config["PROBES"] if p not in known]
@@ -201,6 +206,19 @@ def cmd_check(args: argparse.Namespace) -> int:
     return exit_status(report.results)
 
 
+def cmd_hook(args: argparse.Namespace) -> int:
+    from .hook import main_prepare_job
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    return main_prepare_job(build_config(args))
+
+
+def cmd_pool_exporter(args: argparse.Namespace) -> int:
+    from .pool_exporter import run as run_pool_exporter
+    if not args.debug:  # a daemon says when it starts and stops
+        logging.getLogger().setLevel(logging.INFO)
+    return run_pool_exporter(build_config(args))
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     config = build_config(args)
     where = ("found" + (f" (CONDOR_CONFIG={os.environ['CONDOR_CONFIG']})" if os.environ.get("CONDOR_CONFIG") else "")
@@ -230,6 +248,8 @@ EPILOG = """commands:
   cron      run the probes and print ClassAd attributes for STARTD_CRON (ends with a '-' line)
   check     run the probes and print a table for a person (exit 0 healthy, 1 degraded, 2 failed)
   exporter  serve Prometheus metrics; probes run on their own schedules
+  pool-exporter  serve the pool's health as Prometheus metrics, from the HTCondor collector
+  hook      HTCondor job hook: `hook prepare-job` checks the job's image before it starts
   config    print the effective configuration and where each value came from
   probes    list the available probes
 
@@ -271,6 +291,17 @@ def make_parser() -> argparse.ArgumentParser:
                                           "STARTD_HEALTH_EXPORTER_LISTEN; each probe runs on its own schedule "
                                           "(its _PERIOD), never on the scrape path. Stops cleanly on SIGTERM.")
     exporter.set_defaults(func=cmd_exporter)
+    pool = sub.add_parser("pool-exporter", parents=[common, knob_options], help="serve the pool's health metrics",
+                          description="Query the HTCondor collector(s) every STARTD_HEALTH_POOL_INTERVAL for the "
+                                      "StartdHealth* attributes of all slots and serve pool-wide Prometheus "
+                                      "metrics on STARTD_HEALTH_POOL_LISTEN. Stops cleanly on SIGTERM.")
+    pool.set_defaults(func=cmd_pool_exporter)
+    hook = sub.add_parser("hook", parents=[common, knob_options], help="HTCondor job hook (prepare-job)",
+                          description="Run as <KEYWORD>_HOOK_PREPARE_JOB: check that the job's container image "
+                                      "launches (re-using the last periodic result when fresh); exit 0 lets "
+                                      "the job start, 1 holds it with the reason, HookStatusCode 300 requeues it.")
+    hook.add_argument("hook_type", choices=["prepare-job"], help="which hook")
+    hook.set_defaults(func=cmd_hook)
     config = sub.add_parser("config", parents=[common, knob_options], help="print the effective configuration",
                             description="Print every STARTD_HEALTH_ knob with its effective value and source.")
     config.set_defaults(func=cmd_config)

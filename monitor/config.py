@@ -175,6 +175,9 @@ class Config:
     def items(self) -> Iterable[Tuple[str, Setting]]:
         return self._settings.items()
 
+    def items_values(self) -> Iterable[Tuple[str, Any]]:
+        return ((name, setting.value) for name, setting in self._settings.items())
+
 
 def load_config(
     knobs: Sequence[Knob],

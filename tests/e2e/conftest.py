@@ -19,8 +19,10 @@ STARTD_HEALTH_CRON_PERIOD = {CRON_PERIOD}
 STARTD_HEALTH_CONTAINER_PERIOD = 1
 STARTD_HEALTH_CONTAINER_IMAGES = sif=/opt/containers/site.sif sandbox=/opt/containers/sandbox
 """
-SNIPPETS = {"mix": ("50-startd-health.conf",),
-            "sid": ("50-startd-health.conf", "51-startd-health-healthexprs.conf")}
+SNIPPETS = {"mix": ("50-startd-health.conf", "53-startd-health-hook.conf"),
+            "sid": ("50-startd-health.conf", "51-startd-health-healthexprs.conf", "53-startd-health-hook.conf")}
+ENTRY_POINTS = ("STARTD_HEALTH_CRON = /opt/startd-health/venv/bin/startd-health-cron\n"
+                "STARTD_HEALTH_HOOK = /opt/startd-health/venv/bin/startd-health\n")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -37,7 +39,7 @@ def pool(request):
     pool.build()
     pool.install_project()
     pool.sh("cp /opt/containers/test.sif /opt/containers/site.sif && chmod 644 /opt/containers/site.sif")
-    pool.configure(*SNIPPETS[request.param], extra=TEST_CONF)
+    pool.configure(*SNIPPETS[request.param], extra=ENTRY_POINTS + TEST_CONF)
     pool.start()
     try:
         yield pool
@@ -47,6 +49,5 @@ def pool(request):
 
 def set_extra_conf(pool, extra: str) -> None:
     """Change the test overrides and make the startd (and our cron job) re-read them."""
-    pool.write("/etc/condor/config.d/99-test.conf",
-               "STARTD_HEALTH_CRON = /opt/startd-health/venv/bin/startd-health-cron\n" + TEST_CONF + extra)
+    pool.write("/etc/condor/config.d/99-test.conf", ENTRY_POINTS + TEST_CONF + extra)
     pool.reconfig()

@@ -169,3 +169,39 @@ def test_unit_tests_pass_on_this_distributions_python(pool):
                    check=False, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:]
     print(f"[{pool.variant}] {proc.stdout.strip().splitlines()[-1]}")
+
+
+CONTAINER_JOB = """\
+universe = container
+container_image = {image}
+executable = /bin/cat
+arguments = /etc/motd
+transfer_executable = false
+should_transfer_files = YES
+log = hook.log
+output = hook.out
+queue
+"""
+
+
+def test_pre_job_hook_holds_a_job_whose_image_does_not_launch(pool):
+    """53-startd-health-hook.conf: the starter runs `startd-health hook prepare-job` as the job's user."""
+    our_slot(pool, StartdHealthOk=True)
+    good = pool.submit(CONTAINER_JOB.format(image="/opt/containers/site.sif"))
+    pool.wait_for(lambda: pool.job_status(good) == 4, 120, f"container job {good} with the site image to complete")
+    assert "startd-health test image" in open(pool.path("/home/tester/hook.out")).read()
+    if pool.variant == "sid":  # 25.x shows an accepting hook's message as a job event; 23.9 does not
+        log = open(pool.path("/home/tester/hook.log")).read()
+        assert "startd-health: image site.sif launches (tested now in" in log, log[-2000:]
+    starter_logs = pool.sh("cat /tmp/condor/log/StarterLog*").stdout
+    assert "PREPARE_JOB (/opt/startd-health/venv/bin/startd-health) invoked" in starter_logs
+
+    pool.sh("head -c 4096 /opt/containers/test.sif > /opt/containers/broken.sif && chmod 644 /opt/containers/broken.sif")
+    bad = pool.submit(CONTAINER_JOB.format(image="/opt/containers/broken.sif"))
+    pool.wait_for(lambda: pool.job_status(bad) == 5, 120, f"job {bad} with a truncated image to be held")
+    code, reason = pool.enter("condor_q", str(bad), "-af", "HoldReasonCode", "HoldReason").stdout.split(" ", 1)
+    assert code == "19", reason
+    # The container universe transfers the image: the job ad names it relative to the scratch dir.
+    assert "PREPARE_JOB (startd-health) failed (exited with status 1)" in reason
+    assert "startd-health: the job's image broken.sif does not launch on this node" in reason
+    pool.enter("condor_rm", str(bad))

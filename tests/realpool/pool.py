@@ -129,8 +129,7 @@ class RealPool:
         self.write("/etc/condor/config.d/00-pool.conf", POOL_CONF.format(port=self.port))
         for snippet in snippets:
             shutil.copy(os.path.join(REPO, "packaging", "condor", snippet), confd)
-        self.write("/etc/condor/config.d/99-test.conf",
-                   f"STARTD_HEALTH_CRON = {INSTALL}/venv/bin/startd-health-cron\n" + extra)
+        self.write("/etc/condor/config.d/99-test.conf", extra)
 
     def master_pid(self) -> Optional[int]:
         try:

@@ -1,0 +1,124 @@
+"""`startd-health hook prepare-job`: HTCondor's <KEYWORD>_HOOK_PREPARE_JOB.
+
+The starter runs it as the JOB's user, in the job's scratch directory, with
+the job ad on stdin, before the job starts; a non-zero exit holds the job
+(HoldReasonCode 19, HoldReasonSubCode = our exit status) with our message,
+and there is no timeout but ours. So it must be fast and bounded:
+
+- the job's container image (SingularityImage, or ContainerImage in the
+  container universe) is accepted at once when the last periodic container
+  result says it launches and is fresh (younger than the probe's period);
+- otherwise it is launched once, now, with the configured flags and the same
+  checks inside as the probe, within HOOK_TIMEOUT;
+- an image that does not launch is the job's problem when it is not one of
+  the site's configured images: the job is held with the reason (exit 1).
+  A site image that fails here while the periodic probe said it was fine is
+  a node fault: the job is sent back to the queue (HookStatusCode = 300)
+  rather than held, since the job itself is fine.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+EXIT_ACCEPT, EXIT_HOLD = 0, 1
+REQUEUE_STATUS = 300
+
+
+@dataclass(frozen=True)
+class Decision:
+    accept: bool
+    message: str
+    requeue: bool = False   # node fault: back to idle instead of held
+
+    def emit(self) -> int:
+        from .cron import render_value
+        out = [f"HookStatusMessage = {render_value('startd-health: ' + self.message)}"]
+        if self.requeue:
+            out.append(f"HookStatusCode = {REQUEUE_STATUS}")
+        sys.stdout.write("".join(line + "\n" for line in out))
+        sys.stdout.flush()
+        return EXIT_ACCEPT if self.accept or self.requeue else EXIT_HOLD
+
+
+def job_image(job_ad: Mapping[str, Any]) -> str:
+    for name in ("SingularityImage", "ContainerImage"):
+        value = job_ad.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+def read_job_ad(text: str) -> Mapping[str, Any]:
+    import classad2
+    try:
+        ad = classad2.parseOne(text)
+    except Exception:  # the bindings raise several types on garbage
+        return {}
+    result = {}
+    for key in ("SingularityImage", "ContainerImage", "ClusterId", "ProcId"):
+        if key in ad:
+            try:
+                result[key] = ad.eval(key)
+            except Exception:
+                pass
+    return result
+
+
+def decide(image: str, site_images: Mapping[str, str], cached: Optional[Any], period: float, now: float,
+           launch_now) -> Decision:
+    """site_images: path -> name of the configured images; cached: the last container ProbeResult;
+    launch_now(): (Launch of the image tested now, node_fault: True when no runtime could be found)."""
+    if not image:
+        return Decision(True, "no container image in the job: nothing to check")
+    name = site_images.get(image)
+    if name and cached is not None and cached.age(now) < period and name in cached.facts.get("images_ok", ()):
+        return Decision(True, f"image {name} launches (periodic test {int(cached.age(now))}s ago)")
+    result, node_fault = launch_now()
+    if result.ok:
+        return Decision(True, f"image {image} launches (tested now in {result.seconds:.2f}s)")
+    if node_fault:
+        return Decision(False, f"no container runtime on this node: {result.error}", requeue=True)
+    if name:
+        return Decision(False, f"site image {name} ({image}) does not launch on this node now: {result.error}",
+                        requeue=True)
+    return Decision(False, f"the job's image {image} does not launch on this node: {result.error}")
+
+
+def prepare_job(config: Any, stdin_text: str) -> Decision:
+    from probes import _inside as inside
+    from probes.container import find_runtime, launch
+
+    from .runner import ProbeContext
+    from .state import StateDir
+
+    job_ad = read_job_ad(stdin_text)
+    image = job_image(job_ad)
+    prefix = "CONTAINER_"
+    settings = {k[len(prefix):].lower(): v for k, v in config.items_values() if k.startswith(prefix)}
+    site_images = {entry.partition("=")[2]: entry.partition("=")[0] for entry in settings.get("images", ())}
+    cached = StateDir(config["STATE_DIR"]).load("container")
+    deadline = time.monotonic() + config["HOOK_TIMEOUT"]
+    ctx = ProbeContext("container", settings, deadline, config.condor)
+
+    def launch_now():
+        from probes.container import Launch
+        runtime, error = find_runtime(ctx)
+        if runtime is None:
+            return Launch(image, image, False, 0.0, error=error), True
+        script = inside.script(settings["binds"])
+        return launch(ctx, runtime, image, image, settings["flags"], ctx.remaining(), script), False
+
+    return decide(image, site_images, cached, settings["period"], time.time(), launch_now)
+
+
+def main_prepare_job(config: Any) -> int:
+    text = sys.stdin.read() if not sys.stdin.isatty() else ""
+    if not text.strip() and os.environ.get("_CONDOR_JOB_AD"):
+        with open(os.environ["_CONDOR_JOB_AD"]) as handle:
+            text = handle.read()
+    return prepare_job(config, text).emit()

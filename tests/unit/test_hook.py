@@ -1,0 +1,67 @@
+"""The pre-job hook's decision (the real hook runs under a real starter in tests/e2e)."""
+
+import time
+
+import classad2
+
+from monitor.hook import EXIT_ACCEPT, EXIT_HOLD, Decision, decide, job_image, read_job_ad
+from monitor.model import ProbeResult, Status
+from probes.container import Launch
+
+SITE = {"/cvmfs/img/el9": "el9"}
+NOW = 1_000_000.0
+
+
+def cached(age, ok=("el9",)):
+    return ProbeResult("container", Status.OK, "", {"images_ok": ok}, started_at=NOW - age)
+
+
+def never():
+    raise AssertionError("must not launch")
+
+
+def test_fresh_periodic_result_accepts_without_launching():
+    d = decide("/cvmfs/img/el9", SITE, cached(30), 300, NOW, never)
+    assert d.accept and "periodic test 30s ago" in d.message
+
+
+def test_stale_or_unknown_image_is_launched_now():
+    launches = []
+
+    def ok():
+        launches.append(1)
+        return Launch("x", "x", True, 0.15, "unprivileged"), False
+    assert decide("/cvmfs/img/el9", SITE, cached(400), 300, NOW, ok).accept
+    assert decide("/home/u/mine.sif", SITE, cached(30), 300, NOW, ok).accept
+    assert len(launches) == 2
+
+
+def test_jobs_own_broken_image_is_held_site_image_is_requeued_missing_runtime_is_requeued():
+    bad = lambda: (Launch("x", "x", False, 0.1, error="FATAL: not a SIF"), False)  # noqa: E731
+    held = decide("/home/u/broken.sif", SITE, None, 300, NOW, bad)
+    assert not held.accept and not held.requeue and "the job's image /home/u/broken.sif" in held.message
+    site = decide("/cvmfs/img/el9", SITE, cached(400), 300, NOW, bad)
+    assert site.requeue and "site image el9" in site.message
+    none = decide("/x.sif", SITE, None, 300, NOW, lambda: (Launch("x", "x", False, 0, error="no apptainer"), True))
+    assert none.requeue and "no container runtime" in none.message
+
+
+def test_no_image_means_nothing_to_check():
+    assert decide("", SITE, None, 300, NOW, never).accept
+
+
+def test_emit_protocol(capsys):
+    assert Decision(False, 'bad "image"\nInjected = 1').emit() == EXIT_HOLD
+    out = capsys.readouterr().out
+    ad = classad2.ClassAd("[" + out.replace("\n", ";") + "]")
+    assert list(ad.keys()) == ["HookStatusMessage"]
+    assert Decision(False, "node", requeue=True).emit() == EXIT_ACCEPT
+    assert "HookStatusCode = 300" in capsys.readouterr().out
+
+
+def test_job_ad_parsing():
+    ad = read_job_ad('ClusterId = 3\nContainerImage = "/x/y.sif"\nJunk = [ broken\n')
+    assert job_image(ad) == "/x/y.sif" or ad == {}
+    assert job_image(read_job_ad('SingularityImage = "/a.sif"\nContainerImage = "/b.sif"\n')) == "/a.sif"
+    assert job_image(read_job_ad("garbage ((")) == ""
+    assert time
