@@ -180,3 +180,20 @@ def test_scratch_dir_outlives_the_run(tmp_path):
     second = run_probes([UsesScratch()], settings(UsesScratch, period=0.01), 30, state=state)
     assert first.results[0].facts["seen"] is False and second.results[0].facts["seen"] is True
     assert first.results[0].facts["dir"] == str(tmp_path / "state" / "probes" / "scratchy")
+
+
+def test_last_success_is_carried_across_failures(tmp_path):
+    state = StateDir(str(tmp_path / "state"))
+    ok = run_probes([Fine()], settings(Fine, period=0.01), 30, state=state).results[0]
+    assert ok.last_success_at == ok.ended_at > 0
+
+    class NowFails(Probe):
+        name = "fine"
+        description = "same name, now failing"
+
+        def run(self, ctx):
+            return ProbeResult(self.name, Status.FAILED, "broke")
+
+    time.sleep(0.02)
+    bad = run_probes([NowFails()], settings(NowFails, period=0.01), 30, state=state).results[0]
+    assert bad.status is Status.FAILED and bad.last_success_at == ok.last_success_at
