@@ -1,0 +1,541 @@
+"""Sessions probe: do Linux sessions interfere with the local resource manager?
+
+HTCondor's starter calls setsid() for each job (USE_PROCESS_GROUPS, default
+true) and kills the job's process group when it ends; a job process that
+starts a session of its own leaves that group and survives the group kill.
+Only job tracking by cgroups (or condor_procd's parent/child and environment
+tracking, which a double fork can lose) catches such a process. This probe
+measures, for real, what a job could do here, and what would catch it.
+
+Gather (touches the system; every test process is started through ctx.run):
+
+- the fork test: one supervisor child (``python -I -S -c``) forks a "job"
+  that calls setsid() as the starter does, then from it a grandchild that
+  calls setsid() again (its own session) and a double-forked grandchild that
+  gets re-parented. The supervisor kills the job's process group with
+  SIGKILL, as the starter would, and reports which grandchild survived.
+  Every test process is then killed by pid (the supervisor does it, and the
+  probe again from a pid file, checking each pid still carries this run's
+  token in its command line); they also exit by themselves as soon as the
+  supervisor is gone (EOF on a lifeline pipe), so an abandoned test can
+  never leave them behind;
+- cgroups from /proc/self/cgroup and /proc/self/mountinfo: the version
+  (``v1``, ``v2``, ``hybrid`` = v1 controllers plus a cgroup2 hierarchy,
+  which HTCondor treats as v1, ``none``), our cgroup in the hierarchy HTCondor
+  tracks jobs with (v2: the unified one; v1: the memory controller's),
+  whether that filesystem is mounted read-write, whether ``cgroup.kill``
+  exists there (v2, kernel >= 5.14), and, from HTCondor's configuration when
+  readable, whether BASE_CGROUP was emptied (which turns cgroup tracking off);
+- pid namespaces: ``unshare --pid --fork true`` as root (what the starter
+  does for USE_PID_NAMESPACES), ``unshare --user --map-root-user --pid
+  --fork true`` otherwise (what unprivileged ``apptainer --pid`` needs);
+  without unshare, only the kernel's support (/proc/self/ns/pid);
+- whether this process is in a session of its own or in its parent's. A
+  STARTD_CRON job shares the startd's session (measured with a cron job on
+  HTCondor 23.9 and 25.14: its getsid() is the startd's pid); Secure CVMFS
+  keys its credential cache on the session id.
+
+Judge (pure): FAILED when setsid() is impossible and HTCondor's
+USE_PROCESS_GROUPS is on (every job start would fail), or when the fork test
+could not run; DEGRADED when a test process escaped the process-group kill
+and nothing could catch it (no usable cgroup tracking); OK otherwise.
+
+``cgroup_tracked`` says HTCondor *can* track jobs with cgroups here; the
+running startd's own choice (it needs root for it) is in its StartLog.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from monitor.config import parse_bool
+from monitor.model import Probe, ProbeResult, Status
+from monitor.procs import last_line
+
+PROC_SELF_CGROUP = "/proc/self/cgroup"
+PROC_SELF_MOUNTINFO = "/proc/self/mountinfo"
+PROC_SELF_NS_PID = "/proc/self/ns/pid"
+TRACKING_CONTROLLER = "memory"   # the v1 hierarchy whose path we report (HTCondor's v1 code uses memory, cpu, freezer...)
+FORK_TEST_TIMEOUT = 15.0
+SETUP_SECONDS = 5.0               # for the test processes to report in
+UNSHARE_TIMEOUT = 10.0
+
+# The supervisor of the fork test, run as `python -I -S -c _FORK_TEST token pidfile setup_seconds`.
+# It prints one JSON line. Its forks never return into the main flow (os._exit).
+_FORK_TEST = r'''
+import json, os, select, signal, sys, time
+
+token, pidfile, setup_seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+report_r, report_w = os.pipe()
+life_r, life_w = os.pipe()   # the supervisor holds the only write end: EOF when it is gone
+
+
+def note(pid):
+    fd = os.open(pidfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, b"%d\n" % pid)
+    finally:
+        os.close(fd)
+
+
+def say(**msg):
+    os.write(report_w, (json.dumps(msg) + "\n").encode())
+
+
+def linger():
+    os.close(report_w)
+    select.select([life_r], [], [], 60)
+    os._exit(0)
+
+
+def forked(body):
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 0
+    try:
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):   # never hold the supervisor's pipes
+            os.dup2(null, fd)
+        body()
+    except BaseException:
+        code = 1
+    os._exit(code)
+
+
+def escaper():
+    note(os.getpid())
+    try:
+        os.setsid()
+        error = ""
+    except OSError as exc:
+        error = exc.strerror or str(exc)
+    say(kind="session", pid=os.getpid(), error=error)
+    linger()
+
+
+def double_parent():
+    me = os.getpid()
+
+    def grandchild():
+        note(os.getpid())
+        end = time.monotonic() + 2
+        while os.getppid() == me and time.monotonic() < end:
+            time.sleep(0.002)
+        say(kind="double", pid=os.getpid(), reparented=os.getppid() != me)
+        linger()
+
+    forked(grandchild)
+
+
+def job():
+    os.close(report_r)
+    os.close(life_w)
+    note(os.getpid())
+    try:
+        os.setsid()
+        error = ""
+    except OSError as exc:
+        error = exc.strerror or str(exc)
+        os.setpgid(0, 0)
+    say(kind="job", pid=os.getpid(), error=error)
+    forked(escaper)
+    os.waitpid(forked(double_parent), 0)
+    say(kind="ready", pgid=os.getpgid(0))
+    linger()
+
+
+def alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            state = handle.read().rsplit(")", 1)[1].split()[0]
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            mine = token.encode() in handle.read()
+    except (OSError, IndexError):
+        return False
+    return mine and state not in ("Z", "X")
+
+
+def noted():
+    try:
+        with open(pidfile) as handle:
+            return [int(p) for p in handle.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def main():
+    job_pid = forked(job)
+    os.close(report_w)
+    os.close(life_r)
+    msgs, buf = {}, b""
+    end = time.monotonic() + setup_seconds
+    while not all(k in msgs for k in ("job", "session", "double", "ready")):
+        left = end - time.monotonic()
+        if left <= 0 or not select.select([report_r], [], [], left)[0]:
+            break
+        chunk = os.read(report_r, 4096)
+        if not chunk:
+            break
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            msg = json.loads(line)
+            msgs[msg["kind"]] = msg
+    out = {"reported": sorted(msgs)}
+    try:
+        os.killpg(job_pid, signal.SIGKILL)   # what the starter does to a job's process group
+    except OSError as exc:
+        out["kill_error"] = "killpg: " + (exc.strerror or str(exc))
+        os.kill(job_pid, signal.SIGKILL)
+    os.waitpid(job_pid, 0)
+    session = msgs.get("session", {}).get("pid")
+    double = msgs.get("double", {}).get("pid")
+    end = time.monotonic() + 1.0
+    while double and alive(double) and time.monotonic() < end:
+        time.sleep(0.005)
+    time.sleep(0.05)   # a member of the killed group would be gone by now
+    out["setsid_error"] = msgs.get("job", {}).get("error", "did not report")
+    out["session_setsid_error"] = msgs.get("session", {}).get("error", "did not report")
+    out["session_escape"] = bool(session and alive(session))
+    out["double_fork_escape"] = bool(double and alive(double))
+    out["double_fork_reparented"] = bool(msgs.get("double", {}).get("reparented"))
+    pids = noted()
+    for pid in pids:   # clean up by pid: escaped test processes die here
+        if alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    end = time.monotonic() + 2.0
+    while any(alive(p) for p in pids) and time.monotonic() < end:
+        time.sleep(0.01)
+    out["pids"] = pids
+    out["leftover"] = [p for p in pids if alive(p)]
+    print(json.dumps(out), flush=True)
+
+
+main()
+'''
+
+
+@dataclass(frozen=True)
+class ForkTest:
+    ran: bool
+    error: str = ""                   # why the test did not run or did not complete
+    setsid_ok: bool = False
+    setsid_error: str = ""
+    session_escape: bool = False
+    double_fork_escape: bool = False
+    double_fork_reparented: bool = False
+    pids: Tuple[int, ...] = ()
+    leftover: Tuple[int, ...] = ()    # test processes still alive after every cleanup
+
+
+@dataclass(frozen=True)
+class Cgroups:
+    version: str = "none"     # v1 | v2 | hybrid | none
+    path: str = ""            # our cgroup in the tracking hierarchy, as /proc/self/cgroup says
+    directory: str = ""       # where that cgroup is in the filesystem ("" if not mounted)
+    writable: bool = False    # the tracking hierarchy is mounted read-write
+
+
+@dataclass(frozen=True)
+class Gathered:
+    fork: ForkTest
+    cgroups: Cgroups
+    cgroup_kill: bool = False
+    base_cgroup_disabled: bool = False   # HTCondor's BASE_CGROUP is empty
+    use_process_groups: bool = True      # HTCondor's USE_PROCESS_GROUPS
+    pid_namespace: bool = False
+    pid_namespace_check: str = ""        # how pid_namespace was found out
+    pid_namespace_error: str = ""
+    in_own_session: bool = False
+
+
+# ---------------------------------------------------------------- cgroups (pure parsing)
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal."""
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(code, char)
+    return field
+
+
+def parse_mountinfo(text: str) -> List[Dict[str, Any]]:
+    """cgroup and cgroup2 mounts: mountpoint, root, fstype, read_only, super options."""
+    mounts = []
+    for line in text.splitlines():
+        fields = line.split()
+        if "-" not in fields:
+            continue
+        sep = fields.index("-")
+        if sep < 6 or len(fields) < sep + 3:
+            continue
+        fstype = fields[sep + 1]
+        if fstype not in ("cgroup", "cgroup2"):
+            continue
+        mounts.append({
+            "root": _unescape(fields[3]),
+            "mountpoint": _unescape(fields[4]),
+            "read_only": "ro" in fields[5].split(","),
+            "fstype": fstype,
+            "options": fields[sep + 3].split(",") if len(fields) > sep + 3 else [],
+        })
+    return mounts
+
+
+def parse_cgroups(proc_cgroup: str, mountinfo: str) -> Cgroups:
+    """Version, our tracking cgroup and where it is mounted, from the two /proc texts."""
+    v1_paths: Dict[str, str] = {}
+    v2_path: Optional[str] = None
+    for line in proc_cgroup.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hierarchy, controllers, path = parts
+        if hierarchy == "0" and controllers == "":
+            v2_path = path
+        else:
+            for controller in controllers.split(","):
+                if controller:
+                    v1_paths[controller] = path
+    mounts = parse_mountinfo(mountinfo)
+    v1_mounts = [m for m in mounts if m["fstype"] == "cgroup"]
+    v2_mounts = sorted((m for m in mounts if m["fstype"] == "cgroup2"),
+                       key=lambda m: m["mountpoint"] != "/sys/fs/cgroup")
+    if v1_mounts and v2_mounts:
+        version = "hybrid"
+    elif v1_mounts:
+        version = "v1"
+    elif v2_mounts:
+        version = "v2"
+    else:
+        return Cgroups()
+    if version == "v2":
+        path, mount = v2_path or "", v2_mounts[0]
+    else:   # the memory controller's hierarchy if mounted, else the first mounted one we are in
+        path, mount = "", v1_mounts[0]
+        for controller in [TRACKING_CONTROLLER] + sorted(v1_paths):
+            found = next((m for m in v1_mounts if controller in m["options"]), None)
+            if controller in v1_paths and found is not None:
+                path, mount = v1_paths[controller], found
+                break
+    if not path:
+        return Cgroups(version)
+    relative = path
+    root = mount["root"].rstrip("/")
+    if root and (path == root or path.startswith(root + "/")):
+        relative = path[len(root):] or "/"
+    directory = os.path.join(mount["mountpoint"], relative.lstrip("/")) if relative.strip("/") else mount["mountpoint"]
+    return Cgroups(version, path, directory, not mount["read_only"])
+
+
+# ---------------------------------------------------------------- gather
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as handle:
+            return handle.read()
+    except OSError:
+        return ""
+
+
+def _alive_with_token(pid: int, token: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            state = handle.read().rsplit(")", 1)[1].split()[0]
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            mine = token.encode() in handle.read()
+    except (OSError, IndexError):
+        return False
+    return mine and state not in ("Z", "X")
+
+
+def kill_test_processes(pids: Sequence[int], token: str, wait: float = 2.0) -> Tuple[int, ...]:
+    """SIGKILL every listed pid that is still one of this run's test processes; the ones left alive."""
+    for pid in pids:
+        if _alive_with_token(pid, token):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    end = time.monotonic() + wait
+    while time.monotonic() < end and any(_alive_with_token(p, token) for p in pids):
+        time.sleep(0.01)
+    return tuple(p for p in pids if _alive_with_token(p, token))
+
+
+def fork_test(ctx) -> ForkTest:
+    token = "startd-health-sessions-" + uuid.uuid4().hex
+    workdir = tempfile.mkdtemp(prefix="sessions-", dir=ctx.scratch_dir())
+    pidfile = os.path.join(workdir, "pids")
+    python = sys.executable or "python3"
+    try:
+        result = ctx.run([python, "-I", "-S", "-c", _FORK_TEST, token, pidfile, str(SETUP_SECONDS)],
+                         timeout=FORK_TEST_TIMEOUT)
+        pids: Tuple[int, ...] = ()
+        try:
+            with open(pidfile) as handle:
+                pids = tuple(int(p) for p in handle.read().split())
+        except (OSError, ValueError):
+            pass
+        leftover = kill_test_processes(pids, token)   # after a timeout the supervisor could not do it
+        if not result.ok:
+            return ForkTest(False, error=result.describe_failure(), pids=pids, leftover=leftover)
+        try:
+            out = json.loads(last_line(result.stdout))
+        except ValueError:
+            return ForkTest(False, error=f"unexpected output {last_line(result.stdout)!r}", pids=pids,
+                            leftover=leftover)
+        missing = {"job", "session", "double", "ready"} - set(out.get("reported", ()))
+        if out.get("kill_error") or missing:
+            why = out.get("kill_error") or "no report from the " + ", ".join(sorted(missing)) + " test process"
+            return ForkTest(False, error=why, pids=pids, leftover=leftover)
+        return ForkTest(
+            True,
+            setsid_ok=not out["setsid_error"],
+            setsid_error=out["setsid_error"],
+            session_escape=bool(out["session_escape"]),
+            double_fork_escape=bool(out["double_fork_escape"]),
+            double_fork_reparented=bool(out["double_fork_reparented"]),
+            pids=pids,
+            leftover=tuple(sorted(set(leftover) | {int(p) for p in out.get("leftover", ())
+                                                   if _alive_with_token(int(p), token)})),
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def pid_namespace_check(ctx) -> Tuple[bool, str, str]:
+    """(works, how it was checked, why not)."""
+    unshare = shutil.which("unshare") or next(
+        (p for p in ("/usr/bin/unshare", "/bin/unshare") if os.access(p, os.X_OK)), None)
+    if unshare is None:
+        supported = os.path.exists(PROC_SELF_NS_PID)
+        return supported, "kernel support only (no unshare)", "" if supported else "no /proc/self/ns/pid"
+    if os.geteuid() == 0:
+        argv, how = [unshare, "--pid", "--fork", "true"], "unshare --pid as root"
+    else:
+        argv, how = [unshare, "--user", "--map-root-user", "--pid", "--fork", "true"], "unshare --user --pid"
+    result = ctx.run(argv, timeout=UNSHARE_TIMEOUT)
+    return result.ok, how, "" if result.ok else result.describe_failure()
+
+
+def in_own_session() -> bool:
+    try:
+        return os.getsid(0) != os.getsid(os.getppid())
+    except OSError:   # the parent is gone or not ours to ask: are we a session leader?
+        return os.getsid(0) == os.getpid()
+
+
+def condor_settings(condor) -> Tuple[bool, bool]:
+    """(BASE_CGROUP emptied, USE_PROCESS_GROUPS) from HTCondor's configuration, if readable."""
+    if condor is None or not getattr(condor, "available", False):
+        return False, True
+    base = condor.get("BASE_CGROUP")
+    use_groups = condor.get("USE_PROCESS_GROUPS")
+    try:
+        groups = True if use_groups is None else parse_bool(use_groups)
+    except ValueError:
+        groups = True
+    return not (base or "").strip(), groups
+
+
+def gather(ctx) -> Gathered:
+    fork = fork_test(ctx)
+    cgroups = parse_cgroups(_read(PROC_SELF_CGROUP), _read(PROC_SELF_MOUNTINFO))
+    kill = cgroups.version == "v2" and bool(cgroups.directory) and os.path.exists(
+        os.path.join(cgroups.directory, "cgroup.kill"))
+    base_disabled, use_groups = condor_settings(ctx.condor)
+    pidns, how, why = pid_namespace_check(ctx)
+    return Gathered(fork, cgroups, kill, base_disabled, use_groups, pidns, how, why, in_own_session())
+
+
+# ---------------------------------------------------------------- judge
+
+def cgroup_tracking(g: Gathered) -> Tuple[bool, str]:
+    """Whether cgroups could catch a process that left the job's group; if not, why."""
+    c = g.cgroups
+    if c.version == "none":
+        return False, "no cgroup filesystem"
+    if not c.directory:
+        return False, f"our cgroup is not in a mounted cgroup {c.version} hierarchy"
+    if not c.writable:
+        return False, f"the cgroup {c.version} filesystem is read-only"
+    if g.base_cgroup_disabled:
+        return False, "HTCondor's BASE_CGROUP is empty"
+    return True, ""
+
+
+def judge(g: Gathered) -> ProbeResult:
+    tracked, untracked_why = cgroup_tracking(g)
+    facts: Dict[str, Any] = {
+        "cgroup_version": g.cgroups.version,
+        "cgroup_path": g.cgroups.path,
+        "cgroup_kill": g.cgroup_kill,
+        "cgroup_tracked": tracked,
+        "pid_namespace": g.pid_namespace,
+        "in_own_session": g.in_own_session,
+    }
+    f = g.fork
+    if not f.ran:
+        reason = f"session test failed: {f.error}"
+        if f.leftover:
+            reason += f"; test processes {', '.join(map(str, f.leftover))} could not be killed"
+        return ProbeResult("sessions", Status.FAILED, reason, facts)
+    facts.update(setsid_ok=f.setsid_ok, session_escape=f.session_escape, double_fork_escape=f.double_fork_escape)
+
+    label = "hybrid (v1)" if g.cgroups.version == "hybrid" else g.cgroups.version
+    cgroup_text = (f"cgroup {label} tracking" + (" with cgroup.kill" if g.cgroup_kill else "") if tracked
+                   else f"no cgroup tracking ({untracked_why})")
+    pid_text = "pid namespaces " + ("work" if g.pid_namespace else "unavailable")
+    if g.pid_namespace_check.startswith("kernel"):
+        pid_text += f" ({g.pid_namespace_check})"
+    elif not g.pid_namespace and g.pid_namespace_error:
+        pid_text += f" ({g.pid_namespace_error})"
+    session_text = "own session" if g.in_own_session else "shares its parent's session"
+    # Our own test processes that survived SIGKILL (uninterruptible sleep): a defect worth seeing.
+    leftover_text = (f"; test processes {', '.join(map(str, f.leftover))} could not be killed"
+                     if f.leftover else "")
+    ok_or_leftover = Status.DEGRADED if f.leftover else Status.OK
+
+    if not f.setsid_ok:
+        status = Status.FAILED if g.use_process_groups else Status.DEGRADED
+        what = "jobs cannot start (USE_PROCESS_GROUPS)" if g.use_process_groups else "USE_PROCESS_GROUPS is off"
+        return ProbeResult("sessions", status, f"setsid() fails ({f.setsid_error}): {what}; {cgroup_text}; "
+                                               f"{pid_text}; {session_text}{leftover_text}", facts)
+
+    escapes = [what for what, escaped in (("a setsid() grandchild", f.session_escape),
+                                          ("a double-forked grandchild", f.double_fork_escape)) if escaped]
+    if not escapes:
+        return ProbeResult("sessions", ok_or_leftover, f"setsid works; a process-group kill reaches every "
+                                                       f"grandchild; {cgroup_text}; {pid_text}; {session_text}"
+                                                       f"{leftover_text}", facts)
+    escape_text = f"{' and '.join(escapes)} survived a process-group kill"
+    if not tracked:
+        return ProbeResult("sessions", Status.DEGRADED,
+                           f"jobs can escape a process-group kill ({escape_text}) and no cgroup tracking can catch "
+                           f"them ({untracked_why}); {pid_text}; {session_text}{leftover_text}", facts)
+    return ProbeResult("sessions", ok_or_leftover, f"setsid works; {escape_text}, {cgroup_text} can catch it; "
+                                                   f"{pid_text}; {session_text}{leftover_text}", facts)
+
+
+class SessionsProbe(Probe):
+    name = "sessions"
+    description = ("Linux sessions vs. job tracking: setsid, escapes from a process-group kill, cgroup version "
+                   "and tracking, pid namespaces, our own session")
+    default_period = 900.0
+    default_timeout = 30.0
+
+    def run(self, ctx) -> ProbeResult:
+        return judge(gather(ctx))
