@@ -17,7 +17,7 @@ import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import __version__
-from .config import (CondorParams, Config, ConfigError, Knob, describe, load_config, parse_list,
+from .config import (CondorParams, Config, ConfigError, Knob, describe, load_config, parse_bool, parse_list,
                      parse_positive_seconds, parse_string)
 from .exporter_listen import parse_listen
 
@@ -41,6 +41,8 @@ CORE_KNOBS = (
     Knob("EXPORTER_TLS_CERT", parse_string, "", "TLS certificate file for the exporter (with "
          "EXPORTER_TLS_KEY; empty: plain HTTP)", "FILE"),
     Knob("EXPORTER_TLS_KEY", parse_string, "", "TLS private key file for the exporter", "FILE"),
+    Knob("OSPOOL_ATTRIBUTES", parse_bool, True, "also publish the OSPool pilot's CVMFS attribute names "
+         "(HAS_CVMFS_<repo>, CVMFS_<repo>_REVISION, _NIOERR, _LAST_IOERR) for existing job requirements", "BOOL"),
     Knob("HOOK_TIMEOUT", parse_positive_seconds, 20.0, "the pre-job hook decides within this many seconds "
          "(HTCondor gives PREPARE_JOB hooks no timeout)", "SECONDS"),
 )
@@ -144,7 +146,7 @@ def cmd_cron(args: argparse.Namespace) -> int:
     verdict = judge(report.results)
     if config["TEXTFILE_DIR"]:
         report.state_error = report.state_error or write_textfile(config["TEXTFILE_DIR"], report.results, verdict)
-    _emit(render(report, verdict, time.time()))
+    _emit(render(report, verdict, time.time(), ospool=config["OSPOOL_ATTRIBUTES"]))
     return EXIT_STATE if report.state_error else EXIT_OK
 
 

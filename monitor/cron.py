@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Iterable, List
+from typing import Any, Iterable, List, Sequence
 
 from . import __version__
-from .model import Fact, ProbeResult
+from .model import Fact, Measurement, ProbeResult
 from .runner import RunReport
 from .verdict import Verdict
 
@@ -84,25 +84,56 @@ def attribute(*parts: str) -> str:
     return ATTR_PREFIX + "".join(camel(p) for p in parts)
 
 
-def probe_lines(result: ProbeResult, now: float) -> List[str]:
+def probe_lines(result: ProbeResult, now: float, facts: bool = True, measurements: bool = True) -> List[str]:
     lines = [
         f"{attribute(result.probe, 'ok')} = {render_value(result.status.usable)}",
         f"{attribute(result.probe, 'status')} = {render_value(result.status.value)}",
         f"{attribute(result.probe, 'reason')} = {render_value(result.reason)}",
         f"{attribute(result.probe, 'age')} = {int(result.age(now))}",
     ]
-    for name, value in sorted(result.facts.items()):
+    for name, value in sorted(result.facts.items()) if facts else ():
         lines.append(f"{attribute(result.probe, name)} = {render_value(value)}")
-    for m in result.measurements:
+    for m in result.measurements if measurements else ():
         name = attribute(result.probe, m.name, m.unit)
         if m.labels:
             name += "_" + "_".join(label_suffix(v) for _, v in m.labels)
-        lines.append(f"{name} = {render_value(float(m.value))}")
+        lines.append(f"{name} = {render_value(_number(m))}")
     return lines
 
 
-def render(report: RunReport, verdict: Verdict, now: float) -> str:
-    """The complete cron output: attribute lines, then the closing `-` line."""
+def _number(m: Measurement) -> Fact:
+    """Counts and revisions (no unit) as integers, as HTCondor and OSPool publish them."""
+    value = float(m.value)
+    return int(value) if m.unit in ("", "timestamp_seconds") and value.is_integer() else value
+
+
+# OSPool pilot names for CVMFS (osg-flock advertise-base), so that existing job
+# requirements such as HAS_CVMFS_oasis_opensciencegrid_org keep matching.
+_OSPOOL_CVMFS = {"revision": "REVISION", "nioerr": "NIOERR", "last_ioerr": "LAST_IOERR"}
+
+
+def ospool_lines(results: Sequence[ProbeResult]) -> List[str]:
+    lines: List[str] = []
+    for r in results:
+        if r.probe != "cvmfs":
+            continue
+        usable = set(r.facts.get("repos_ok", ()))
+        repos = sorted(usable | set(r.facts.get("repos_failed", ())) | set(r.facts.get("repos_quarantined", ())))
+        for repo in repos:
+            lines.append(f"HAS_CVMFS_{label_suffix(repo)} = {render_value(repo in usable)}")
+        for m in r.measurements:
+            labels = dict(m.labels)
+            if m.name in _OSPOOL_CVMFS and "repo" in labels:
+                lines.append(f"CVMFS_{label_suffix(labels['repo'])}_{_OSPOOL_CVMFS[m.name]} = "
+                             f"{render_value(_number(m))}")
+    return lines
+
+
+def render(report: RunReport, verdict: Verdict, now: float, ospool: bool = True) -> str:
+    """The complete cron output: attribute lines, then the closing `-` line.
+
+    ospool: also publish the OSPool pilot's CVMFS attribute names.
+    """
     lines = [
         f"{ATTR_PREFIX}Ok = {render_value(verdict.ok)}",
         f"{ATTR_PREFIX}FailedProbes = {render_value(verdict.failed)}",
@@ -116,19 +147,19 @@ def render(report: RunReport, verdict: Verdict, now: float) -> str:
         lines.append(f"{ATTR_PREFIX}StateError = {render_value(report.state_error)}")
     if report.overlapped:
         lines.append(f"{ATTR_PREFIX}Overlapped = true")
+    if ospool:
+        lines.extend(ospool_lines(report.results))  # what jobs match on: before anything that may be cut
     budget = MAX_OUTPUT_BYTES - sum(len(line) + 1 for line in lines) - 2
     for result in report.results:
-        block = probe_lines(result, now)
-        size = sum(len(line) + 1 for line in block)
-        if size > budget:  # keep the verdict intact rather than overflow the startd's buffer
-            block = probe_lines(result.__class__(result.probe, result.status, result.reason,
-                                                 started_at=result.started_at,
-                                                 duration_seconds=result.duration_seconds), now)
+        # Keep the verdict intact rather than overflow the startd's buffer:
+        # drop measurements first, then facts, then the probe's block.
+        for facts, measurements in ((True, True), (True, False), (False, False)):
+            block = probe_lines(result, now, facts, measurements)
             size = sum(len(line) + 1 for line in block)
-            if size > budget:
-                continue
-        lines.extend(block)
-        budget -= size
+            if size <= budget:
+                lines.extend(block)
+                budget -= size
+                break
     return "".join(line + "\n" for line in lines) + "-\n"
 
 

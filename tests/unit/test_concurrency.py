@@ -18,12 +18,12 @@ def test_twenty_concurrent_cron_runs(tmp_path, cli_env):
     runtime.write_text(f"""#!/bin/sh
 echo "$$ $1" >> {calls}
 if [ "$1" = --version ]; then echo "apptainer version 1.4.5"; exit 0; fi
-sleep 1; echo "0 0 4294967295"
+sleep 1; while [ "$1" != /bin/sh ]; do shift; done; exec "$@"
 """)
     runtime.chmod(0o755)
     argv = [sys.executable, "-c", "from monitor.cli import cron_main; cron_main()", "--no-condor-config",
             "--state-dir", str(tmp_path / "state"), "--container-runtime", str(runtime),
-            "--container-images", "t=/img", "--deadline", "20"]
+            "--container-images", "t=/img", "--deadline", "20", "--probes", "container"]
     t0 = time.monotonic()
     procs = [subprocess.Popen(argv, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(RUNS)]

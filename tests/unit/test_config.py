@@ -79,7 +79,8 @@ def test_config_command_shows_value_and_source(cli_env):
     by_name = {line.split()[0]: line for line in lines[1:]}
     assert by_name["STARTD_HEALTH_CONTAINER_IMAGES"].endswith("= el9=/i/el9.sif    # command line --container-images")
     assert "= --ipc --pid --contain    # default" in by_name["STARTD_HEALTH_CONTAINER_FLAGS"]
-    assert "= container    # default" in by_name["STARTD_HEALTH_PROBES"]
+    probes_line = by_name["STARTD_HEALTH_PROBES"]
+    assert "container" in probes_line and probes_line.endswith("# default (probes enabled by default)")
 
 
 def test_help_reads_like_a_condor_tool(cli_env):

@@ -3,7 +3,6 @@ against runtime stand-ins (shell scripts) for the failure modes a real
 Apptainer cannot be made to show on demand: hang on --version, hang on exec.
 Real Apptainer is exercised in tests/e2e."""
 
-import os
 import time
 
 import pytest

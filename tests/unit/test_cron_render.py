@@ -102,3 +102,36 @@ def test_fallback_quoting_without_bindings_matches_classad2(monkeypatch):
         monkeypatch.setattr(builtins, "__import__", real_import)
         assert classad2.ClassAd(f"[A = {quoted}]")["A"] == clean_text(text)
         monkeypatch.setattr(builtins, "__import__", no_classad2)
+
+
+def cvmfs_result():
+    labels = lambda repo: {"repo": repo}  # noqa: E731
+    return ProbeResult("cvmfs", Status.FAILED, "x", {"repos_ok": ("oasis.opensciencegrid.org",),
+                                                     "repos_failed": ("cms-ib.cern.ch",), "repos_quarantined": ()},
+                       (Measurement("revision", 12345.0, "", labels("oasis.opensciencegrid.org")),
+                        Measurement("nioerr", 0.0, "", labels("oasis.opensciencegrid.org")),
+                        Measurement("last_ioerr", 0.0, "timestamp_seconds", labels("oasis.opensciencegrid.org")),
+                        Measurement("first_access", 0.0123, "seconds", labels("oasis.opensciencegrid.org"))),
+                       started_at=time.time())
+
+
+def test_ospool_cvmfs_names_and_integer_counts():
+    report = RunReport([cvmfs_result()])
+    ad = parse_cron_output(render(report, judge(report.results), time.time()))
+    assert ad["HAS_CVMFS_oasis_opensciencegrid_org"] is True and ad["HAS_CVMFS_cms_ib_cern_ch"] is False
+    assert ad["CVMFS_oasis_opensciencegrid_org_REVISION"] == 12345
+    assert isinstance(ad["CVMFS_oasis_opensciencegrid_org_REVISION"], int)
+    assert ad["CVMFS_oasis_opensciencegrid_org_LAST_IOERR"] == 0
+    assert ad["StartdHealthCvmfsRevision_oasis_opensciencegrid_org"] == 12345
+    assert ad["StartdHealthCvmfsFirstAccessSeconds_oasis_opensciencegrid_org"] == pytest.approx(0.0123)
+    plain = parse_cron_output(render(report, judge(report.results), time.time(), ospool=False))
+    assert not [k for k in plain.keys() if k.startswith(("HAS_CVMFS", "CVMFS_"))]
+
+
+def test_measurements_are_dropped_before_facts_when_the_ad_is_too_big():
+    big = ProbeResult("big", Status.OK, "ok", {"images_ok": ("a",)},
+                      tuple(Measurement("m", float(i), "seconds", {"k": f"label{i:04d}"}) for i in range(400)))
+    report = RunReport([big])
+    ad = parse_cron_output(render(report, judge(report.results), time.time()))
+    assert ad["StartdHealthBigImagesOk"] == ["a"]
+    assert not [k for k in ad.keys() if k.startswith("StartdHealthBigMSeconds")]

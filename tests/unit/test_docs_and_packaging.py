@@ -30,15 +30,41 @@ def test_every_knob_is_documented():
         assert documented(generic), f"{knob.param_name} is missing from the README's knob table"
 
 
+def generic_name(name: str) -> str:
+    name = re.sub(r"_el9$", "_<image>", name)
+    for repo in ("oasis_opensciencegrid_org", "cms_ib_cern_ch"):
+        name = re.sub(f"_{repo}$", "_<repo>", name).replace(f"_{repo}_", "_<repo>_")
+    name = re.sub(r"^(StartdHealthGpuMemoryBytes_)\d+$", r"\1<index>", name)
+    return re.sub(r"^StartdHealth[A-Z][a-z]+(Ok|Status|Reason|Age)$", r"StartdHealth<Probe>\1", name)
+
+
+def assert_documented(names):
+    for name in names:
+        generic = generic_name(name)
+        assert documented(generic) or documented(generic.split("_<repo>_")[0] + "_<repo>_REVISION"), \
+            f"{name} is missing from the README's attribute table"
+
+
 def test_every_published_attribute_is_documented():
     full = judge_container(Gathered(Runtime("/usr/bin/apptainer", "PATH"), name="apptainer", version="1.4.5",
-                                    launches=(Launch("el9", "/x", True, 0.1, "unprivileged"),)))
-    report = RunReport([full], state_error="disk full", overlapped=True)
-    ad = parse_cron_output(render(report, judge(report.results), time.time()))
-    for name in ad.keys():
-        generic = re.sub(r"_el9$", "_<image>", name)
-        per_probe = re.sub(r"^StartdHealthContainer(Ok|Status|Reason|Age)$", r"StartdHealth<Probe>\1", generic)
-        assert documented(generic) or documented(per_probe), f"{name} is missing from the README's attribute table"
+                                    launches=(Launch("el9", "/x", True, 0.1, "unprivileged", pid_namespace=True),
+                                              Launch("el8", "/y", False, 0.1, error="x"))))
+    from .test_cron_render import cvmfs_result
+    cvmfs = cvmfs_result()
+    cvmfs = type(cvmfs)(cvmfs.probe, cvmfs.status, cvmfs.reason, dict(cvmfs.facts, client_version="2.11"),
+                        cvmfs.measurements)
+    report = RunReport([full, cvmfs], state_error="disk full", overlapped=True)
+    assert_documented(parse_cron_output(render(report, judge(report.results), time.time())).keys())
+
+
+def test_every_attribute_of_a_real_run_is_documented(cli_env):
+    """Every probe as it runs on this machine (facts the synthetic results above do not have)."""
+    from .helpers import run_cli
+    proc = run_cli(["--no-condor-config"], cli_env, entry="cron")
+    assert proc.returncode == 0, proc.stderr
+    names = parse_cron_output(proc.stdout).keys()
+    assert len(names) > 30, names  # every probe's block, not a failure ad
+    assert_documented(names)
 
 
 def test_packaging_macros_do_not_collide_with_knobs():
