@@ -12,3 +12,9 @@ def parse_listen(text: str) -> Tuple[str, int]:
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError("expected ADDRESS:PORT (e.g. 127.0.0.1:9761, [::1]:9761, :9761)")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def format_listen(value: Tuple[str, int]) -> str:
+    """(address, port) -> the text parse_listen reads back ('[::1]:9761' for IPv6)."""
+    host, port = value
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
