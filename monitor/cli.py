@@ -103,8 +103,19 @@ def build_config(args: argparse.Namespace) -> Config:
 
 
 def selected_probes(config: Config) -> List[Any]:
+    """The periodic probes to run: cron, check and the exporter never run an on-demand one."""
     classes = _probe_classes()
-    return [classes[n]() for n in config["PROBES"]]
+    return [classes[n]() for n in config["PROBES"] if classes[n].periodic]
+
+
+def on_demand_results(config: Config) -> List[Any]:
+    """The last results of the on-demand probes (Probe.periodic = False, e.g.
+    benchmarks): every run publishes them with their age, never runs them,
+    and never counts them for the verdict."""
+    from .state import StateDir
+    state = StateDir(config["STATE_DIR"])
+    results = (state.load(name) for name, cls in _probe_classes().items() if not cls.periodic)
+    return [r for r in results if r is not None]
 
 
 def probe_settings(config: Config, probes: Sequence[Any]) -> Dict[str, Mapping[str, Any]]:
@@ -113,6 +124,7 @@ def probe_settings(config: Config, probes: Sequence[Any]) -> Dict[str, Mapping[s
     for probe in probes:
         prefix = probe.name.upper() + "_"
         values = {k.name[len(prefix):].lower(): config[k.name] for k in probe_knobs(probe.name, type(probe))}
+        values.update({name.lower(): config[name] for name in type(probe).shared_knobs})
         settings[probe.name] = values
     return settings
 
@@ -144,6 +156,7 @@ def cmd_cron(args: argparse.Namespace) -> int:
     report = run_probes(probes, probe_settings(config, probes), config["DEADLINE"],
                         state=StateDir(config["STATE_DIR"]), force=args.force, condor=config.condor)
     verdict = judge(report.results)
+    report.results.extend(on_demand_results(config))  # published with their age, not judged
     if config["TEXTFILE_DIR"]:
         report.state_error = report.state_error or write_textfile(config["TEXTFILE_DIR"], report.results, verdict)
     _emit(render(report, verdict, time.time(), ospool=config["OSPOOL_ATTRIBUTES"]))
@@ -174,7 +187,8 @@ def cmd_exporter(args: argparse.Namespace) -> int:
         raise ConfigError("STARTD_HEALTH_EXPORTER_TLS_CERT and STARTD_HEALTH_EXPORTER_TLS_KEY go together: "
                           "set both or neither")
     probes = selected_probes(config)
-    exporter = NodeExporter(probes, probe_settings(config, probes), StateDir(config["STATE_DIR"]), config.condor)
+    exporter = NodeExporter(probes, probe_settings(config, probes), StateDir(config["STATE_DIR"]), config.condor,
+                            on_demand=[name for name, cls in _probe_classes().items() if not cls.periodic])
     try:
         return serve(exporter, config["EXPORTER_LISTEN"], config["EXPORTER_TLS_CERT"], config["EXPORTER_TLS_KEY"])
     except OSError as exc:
@@ -198,11 +212,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     report = run_probes(probes, probe_settings(config, probes), config["DEADLINE"],
                         state=StateDir(config["STATE_DIR"]), force=args.force, condor=config.condor)
     verdict, now = judge(report.results), time.time()
+    shown = report.results + on_demand_results(config)  # shown, not judged
     if args.json:
-        _emit(as_json(report.results, verdict, now))
+        _emit(as_json(shown, verdict, now))
     else:
         colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
-        _emit(table(report.results, verdict, now, colour))
+        _emit(table(shown, verdict, now, colour))
     if report.state_error:
         log.warning("%s", report.state_error)
     return exit_status(report.results)
@@ -219,6 +234,30 @@ def cmd_pool_exporter(args: argparse.Namespace) -> int:
     if not args.debug:  # a daemon says when it starts and stops
         logging.getLogger().setLevel(logging.INFO)
     return run_pool_exporter(build_config(args))
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    """The HTCondor BENCHMARKS job: run the on-demand probes, keep their
+    results in the state directory, print their attributes (never the
+    verdict) ending with a '-' line."""
+    from .cron import render_probes
+    from .runner import OVERRUN_GRACE_SECONDS, run_probes
+    from .state import StateDir
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        config = build_config(args)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        _emit("-\n")
+        return EXIT_CONFIG
+    probes = [cls() for cls in _probe_classes().values() if not cls.periodic]
+    settings = probe_settings(config, probes)
+    deadline = max((s["timeout"] for s in settings.values()), default=0.0) + OVERRUN_GRACE_SECONDS + 1
+    report = run_probes(probes, settings, deadline, state=StateDir(config["STATE_DIR"]), force=args.force,
+                        condor=config.condor)
+    _emit(render_probes(report.results, time.time()))
+    return EXIT_STATE if report.state_error else EXIT_OK
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -249,6 +288,7 @@ DESCRIPTION = "Health and benchmark probes for an HTCondor execute node."
 EPILOG = """commands:
   cron      run the probes and print ClassAd attributes for STARTD_CRON (ends with a '-' line)
   check     run the probes and print a table for a person (exit 0 healthy, 1 degraded, 2 failed)
+  benchmark run the benchmarks now (the HTCondor BENCHMARKS job) and print their ClassAd lines
   exporter  serve Prometheus metrics; probes run on their own schedules
   pool-exporter  serve the pool's health as Prometheus metrics, from the HTCondor collector
   hook      HTCondor job hook: `hook prepare-job` checks the job's image before it starts
@@ -288,6 +328,14 @@ def make_parser() -> argparse.ArgumentParser:
     check.add_argument("--force", action="store_true", help="run every probe now, even if a recent result exists")
     check.add_argument("--json", action="store_true", help="print JSON instead of a table (for scripts)")
     check.set_defaults(func=cmd_check)
+    bench = sub.add_parser("benchmark", parents=[common, knob_options], help="run the benchmarks (BENCHMARKS job)",
+                           description="Run the on-demand benchmarks (unless a result younger than their _PERIOD "
+                                       "exists), keep the result in the state directory, where every cron run "
+                                       "re-publishes it with its age, and print its ClassAd attributes for the "
+                                       "startd's BENCHMARKS_JOBLIST, ending with a '-' line. Never prints the "
+                                       "node's verdict.")
+    bench.add_argument("--force", action="store_true", help="run now, even if a recent result exists")
+    bench.set_defaults(func=cmd_benchmark)
     exporter = sub.add_parser("exporter", parents=[common, knob_options], help="serve Prometheus metrics",
                               description="Serve the node's probe results as Prometheus metrics on "
                                           "STARTD_HEALTH_EXPORTER_LISTEN; each probe runs on its own schedule "

@@ -130,9 +130,18 @@ class Probe:
     default_period: ClassVar[float] = 300.0   # seconds between runs
     default_timeout: ClassVar[float] = 60.0   # budget for one run
     enabled_by_default: ClassVar[bool] = True
+    # False: an on-demand probe (benchmarks). Only `startd-health benchmark`
+    # runs it (HTCondor's BENCHMARKS, when the node is idle); cron, check and
+    # the exporter never run it, but publish its last result from the state
+    # directory with its age, and it never counts for the node's verdict.
+    periodic: ClassVar[bool] = True
     # Probe-specific configuration knobs (monitor.config.Knob), without the
     # STARTD_HEALTH_ prefix; period and timeout knobs are added for every probe.
     knobs: ClassVar[Sequence[Any]] = ()
+    # Other probes' knobs this probe reads (without the STARTD_HEALTH_ prefix);
+    # they arrive in ctx.settings under their lower-cased full name
+    # (CVMFS_REPOSITORIES -> "cvmfs_repositories") and count for the cache.
+    shared_knobs: ClassVar[Sequence[str]] = ()
 
     def run(self, ctx: Any) -> ProbeResult:  # pragma: no cover - interface
         raise NotImplementedError

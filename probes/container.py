@@ -30,6 +30,7 @@ from monitor.model import Measurement, Probe, ProbeResult, Status
 from monitor.procs import CommandResult, last_line
 
 from . import _inside as inside
+from . import cvmfs
 
 RUNTIME_NAMES = ("apptainer", "singularity")
 DEFAULT_FLAGS = "--ipc --pid --contain"   # the OSG/GlideinWMS set
@@ -166,26 +167,30 @@ def own_pid_namespace() -> str:
 
 
 def launch(ctx, runtime: Runtime, image: str, path: str, flags: Sequence[str], timeout: float,
-           inside_script: str) -> Launch:
+           inside_script: str, cvmfs_repos: Sequence[str] = ()) -> Launch:
     result: CommandResult = ctx.run([runtime.path, "exec", *flags, path, "/bin/sh", "-c", inside_script],
                                     timeout=timeout, env=runtime.env)
     if not result.ok:
         return Launch(image, path, False, result.duration_seconds, error=result.describe_failure())
     return judge_launch(image, path, result.duration_seconds, inside.parse(result.stdout), os.getuid(),
-                        own_pid_namespace(), last_line(result.stdout))
+                        own_pid_namespace(), last_line(result.stdout), cvmfs_repos)
 
 
 def judge_launch(image: str, path: str, seconds: float, report: inside.InsideReport, uid: int, our_pidns: str,
-                 last: str = "") -> Launch:
+                 last: str = "", cvmfs_repos: Sequence[str] = ()) -> Launch:
     if not report.finished:
         return Launch(image, path, False, seconds, error=f"exit 0 but the inside script did not finish: {last!r}")
     mode = classify_uid_map(report.uid_map, uid)
     if not mode:
         return Launch(image, path, False, seconds, error=f"unexpected uid_map inside: {report.uid_map!r}")
     pidns = bool(report.pidns and our_pidns and report.pidns != our_pidns) if report.pidns else None
-    if report.failures:
+    failures = list(report.failures)
+    if cvmfs_repos:
+        seen = cvmfs.parse_inside("\n".join(report.other), cvmfs_repos)
+        failures += [f"cvmfs {repo}: {seen[repo].reason}" for repo in cvmfs_repos if not seen[repo].ok]
+    if failures:
         return Launch(image, path, False, seconds, mode=mode, pid_namespace=pidns,
-                      error="inside: " + "; ".join(report.failures))
+                      error="inside: " + "; ".join(failures))
     return Launch(image, path, True, seconds, mode=mode, pid_namespace=pidns)
 
 
@@ -200,11 +205,13 @@ def gather(ctx) -> Gathered:
         return Gathered(runtime, version_error="exit 0 but printed no version")
     name, number = parse_version(version.stdout)
     launches = []
-    script = inside.script(ctx.settings["binds"])
+    repos = tuple(ctx.settings.get("cvmfs_repositories") or ()) if ctx.settings.get("cvmfs", True) else ()
+    sections = [cvmfs.inside_script(ctx.settings["cvmfs_root"], repos)] if repos else []
+    script = inside.script(ctx.settings["binds"], sections)
     for entry in ctx.settings["images"]:
         image, _, path = entry.partition("=")
         launches.append(launch(ctx, runtime, image, path, ctx.settings["flags"], ctx.settings["launch_timeout"],
-                               script))
+                               script, repos))
     return Gathered(runtime, name=name or os.path.basename(runtime.path), version=number, launches=tuple(launches))
 
 
@@ -242,6 +249,7 @@ def judge(g: Gathered, partial_ok: bool = False) -> ProbeResult:
 
 class ContainerProbe(Probe):
     name = "container"
+    shared_knobs = ("CVMFS_REPOSITORIES", "CVMFS_ROOT")
     description = "Apptainer/Singularity: found, version, launch of each configured image, mode, launch time"
     default_period = 300.0
     default_timeout = 120.0
@@ -257,6 +265,9 @@ class ContainerProbe(Probe):
         Knob("CONTAINER_LAUNCH_TIMEOUT", parse_seconds, 30.0, "budget for one image launch", "SECONDS"),
         Knob("CONTAINER_BINDS", parse_list, (), "paths that must be present inside every image (bind mounts "
              "such as /cvmfs; give the matching --bind in CONTAINER_FLAGS if HTCondor adds it for jobs)", "LIST"),
+        Knob("CONTAINER_CVMFS", parse_bool, True, "also check the CVMFS repositories "
+             "(STARTD_HEALTH_CVMFS_REPOSITORIES) inside every image; bind /cvmfs in CONTAINER_FLAGS as jobs get it",
+             "BOOL"),
         Knob("CONTAINER_PARTIAL_OK", parse_bool, False, "when some but not all images launch, report "
              "degraded (node stays usable; jobs must match on StartdHealthContainerImagesOk) instead of failed",
              "BOOL"),

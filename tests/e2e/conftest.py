@@ -14,10 +14,30 @@ from tests.realpool.pool import RealPool
 # cron period so that the test sees changes in seconds, and the two forms of
 # image (SIF and Apptainer sandbox directory).
 CRON_PERIOD = 5
+REPO = "oasis.opensciencegrid.org"
 TEST_CONF = f"""\
 STARTD_HEALTH_CRON_PERIOD = {CRON_PERIOD}
 STARTD_HEALTH_CONTAINER_PERIOD = 1
 STARTD_HEALTH_CONTAINER_IMAGES = sif=/opt/containers/site.sif sandbox=/opt/containers/sandbox
+STARTD_HEALTH_CONTAINER_FLAGS = --ipc --pid --contain --bind /cvmfs
+STARTD_HEALTH_CONTAINER_BINDS = /cvmfs/{REPO}
+STARTD_HEALTH_CVMFS_REPOSITORIES = {REPO}
+STARTD_HEALTH_CVMFS_PERIOD = 1
+STARTD_HEALTH_CVMFS_QUARANTINE = 0
+"""
+# CVMFS has no client here. SIMULATED repository: a squashfs image carrying the
+# user.* extended attributes a CVMFS mount exposes, mounted through real FUSE
+# (squashfuse) with the source name cvmfs2, in the pool's own mount namespace,
+# so that the startd's cron job and Apptainer (--bind /cvmfs) see it as a
+# mounted repository. A HUNG repository is simulated in tests/unit/test_cvmfs.py.
+SIMULATED_CVMFS = f"""
+rm -rf /tmp/cvmfs-src && mkdir -p /tmp/cvmfs-src/repo/software && echo hello > /tmp/cvmfs-src/repo/README
+for kv in revision=4242 fqrn={REPO} nioerr=0 timestamp_last_ioerr=0 version=2.11.5; do
+  setfattr -n user.${{kv%%=*}} -v ${{kv#*=}} /tmp/cvmfs-src/repo
+done
+mkdir -p /opt/cvmfs-sim /cvmfs/{REPO}
+mksquashfs /tmp/cvmfs-src/repo /opt/cvmfs-sim/repo.sqfs -noappend -quiet -xattrs >/dev/null
+squashfuse -o allow_other,fsname=cvmfs2 /opt/cvmfs-sim/repo.sqfs /cvmfs/{REPO}
 """
 SNIPPETS = {"mix": ("50-startd-health.conf", "53-startd-health-hook.conf"),
             "sid": ("50-startd-health.conf", "51-startd-health-healthexprs.conf", "53-startd-health-hook.conf")}
@@ -40,7 +60,7 @@ def pool(request):
     pool.install_project()
     pool.sh("cp /opt/containers/test.sif /opt/containers/site.sif && chmod 644 /opt/containers/site.sif")
     pool.configure(*SNIPPETS[request.param], extra=ENTRY_POINTS + TEST_CONF)
-    pool.start()
+    pool.start(pre_start=SIMULATED_CVMFS)
     try:
         yield pool
     finally:

@@ -148,12 +148,14 @@ class RealPool:
         except ProcessLookupError:
             return False
 
-    def start(self) -> None:
+    def start(self, pre_start: str = "") -> None:
+        """pre_start: shell commands run first in the pool's own mount
+        namespace (e.g. FUSE mounts the daemons must see)."""
         self.stop()
         shutil.rmtree(self.path("/tmp/condor"), ignore_errors=True)
         self.sh("for d in log spool lock run; do install -d -o condor -g condor -m 0755 /tmp/condor/$d; done; "
                 "install -d -m 0700 /tmp/condor/cred_dir")
-        self.enter("condor_master", "-pidfile", PIDFILE)
+        self.sh(f"set -e\n{pre_start}\nexec condor_master -pidfile {PIDFILE}")
         self.wait_for(lambda: self.master_pid() is not None, 10, "condor_master pid file")
 
     def stop(self) -> None:
