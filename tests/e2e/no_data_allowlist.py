@@ -1,0 +1,24 @@
+"""Reviewed allow-list: dashboard panels and rule expressions that may return
+no data against the end-to-end stack of test_pool_exporter.py (a real pool
+with synthetic machines, the node and pool exporters, a real Prometheus).
+
+Every other panel query, template variable and rule expression must return
+data there. Keys: "<dashboard uid>: <panel title>" or "rule: <alert or
+record name>". Each alert is also proven to fire by the promtool unit tests
+(packaging/prometheus/tests/), whatever is listed here.
+"""
+
+ALLOWED_EMPTY = {
+    "startd-health-pool: DB12 score by CPU model": "benchmark probes not built yet (issue 4)",
+    "startd-health-pool: numpy matmul by CPU model": "benchmark probes not built yet (issue 4)",
+    "startd-health-node: CVMFS repositories":
+        "startd_health_cvmfs_repo_ok needs the cvmfs probe (issue 3, not merged) and CVMFS mounts; the test's "
+        "node exporter runs the container probe only. The pool dashboard's CVMFS panels are checked",
+    "rule: StartdHealthCvmfsRepoDownOnManyNodes":
+        "same metric, startd_health_cvmfs_repo_ok, from nodes running the cvmfs probe; its pool twin "
+        "StartdHealthPoolCvmfsRepoDown is checked",
+    "rule: StartdHealthProbeStale": "needs a probe result older than an hour; the test's probes run every 2 s",
+    "rule: StartdHealthContainerLaunchRegression": "compares with a day ago (offset 1d): needs a day of history",
+    "rule: StartdHealthPoolContainerLaunchRegression": "compares with a day ago (offset 1d): needs a day of history",
+    "rule: StartdHealthPoolHealthyFractionDrop": "compares with an hour ago (offset 1h): needs an hour of history",
+}
