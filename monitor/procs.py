@@ -1,7 +1,8 @@
 """Run external commands so that they can never hang the caller.
 
-Each command starts in its own session (so its own process group). On
-timeout the whole group gets SIGTERM, then SIGKILL after a short grace; a
+Each command starts in its own session (so its own process group). When it
+exits, anything it left in its group is killed; on timeout the whole group
+gets SIGTERM, then SIGKILL after a short grace; a
 child that still does not go away (uninterruptible sleep on a hung FUSE or
 autofs mount cannot be killed) is abandoned: we stop waiting, close our
 ends of its pipes and report the command as timed out.
@@ -117,6 +118,9 @@ def run_command(
     try:
         try:
             out, err = proc.communicate(timeout=max(0.0, timeout))
+            # The group is ours alone: whatever the command left running in it
+            # (a daemonised helper, a forgotten background job) goes too.
+            kill_group(pgid, signal.SIGKILL)
             return CommandResult(argv, proc.returncode, _decode(out), _decode(err), time.monotonic() - start,
                                  pid=pgid)
         except subprocess.TimeoutExpired:

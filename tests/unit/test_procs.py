@@ -54,3 +54,10 @@ def test_live_group_registry_is_cleared():
     from monitor import procs
     run_command(["/bin/true"], timeout=5)
     assert not procs._live_groups
+
+
+def test_children_left_behind_by_a_finished_command_are_killed(tmp_path):
+    pidfile = tmp_path / "pid"
+    result = run_command(["/bin/sh", "-c", f"sleep 300 >/dev/null 2>&1 & echo $! > {pidfile}; echo done"], timeout=5)
+    assert result.ok and result.stdout == "done\n"
+    assert wait_gone([int(pidfile.read_text())]) == []
