@@ -402,10 +402,9 @@ def snapshot_families(snap: PoolSnapshot, node_metrics: bool = True) -> List[Any
     families.append(probes)
     for probe, items in LIST_FACTS:
         item = singular(items)
-        schema = Schema(())
         family = GaugeMetricFamily(f"{POOL}_{probe}_{item}_nodes", f"fresh machines on which each {item} is ok or "
-                                   f"failed (from {schema.list_attr(probe, items, 'ok')} and "
-                                   f"{schema.list_attr(probe, items, 'failed')})", labels=[item, "state"])
+                                   f"failed (from {_attribute(probe, f'{items}_ok')} and "
+                                   f"{_attribute(probe, f'{items}_failed')})", labels=[item, "state"])
         for name, counts in sorted(snap.items.get(f"{probe}/{items}", {}).items()):
             for state in ("ok", "failed"):
                 family.add_metric([name, state], float(counts.get(state, 0)))
