@@ -217,6 +217,34 @@ def gather(ctx) -> Gathered:
 
 # ---------------------------------------------------------------- judge
 
+REQUIREMENT_LEVELS = ("REQUIRED", "OPTIONAL", "NEVER")
+
+
+def parse_requirement(text: str) -> str:
+    level = text.strip().upper()
+    if level not in REQUIREMENT_LEVELS:
+        raise ValueError("expected REQUIRED, OPTIONAL or NEVER")
+    return level
+
+
+def apply_requirement(result: ProbeResult, level: str) -> ProbeResult:
+    """The site's policy (GlideinWMS' requirement levels) on top of the findings.
+
+    REQUIRED: any container problem fails the node. OPTIONAL: it only
+    degrades it; the node stays usable for jobs that do not need a container
+    and advertises what works (available, images_ok). NEVER: see skipped()."""
+    facts = dict(result.facts, requirement=level)
+    status = result.status
+    if level == "OPTIONAL" and status is Status.FAILED:
+        status = Status.DEGRADED
+    return ProbeResult(result.probe, status, result.reason, facts, result.measurements)
+
+
+def skipped_by_policy() -> ProbeResult:
+    return ProbeResult("container", Status.SKIPPED, "containers not used here (STARTD_HEALTH_CONTAINER_REQUIREMENT "
+                       "= NEVER)", {"available": False, "requirement": "NEVER"})
+
+
 def judge(g: Gathered, partial_ok: bool = False) -> ProbeResult:
     """partial_ok: some images launching is only DEGRADED (jobs match on the
     images_ok list); otherwise any configured image that fails fails the probe."""
@@ -254,6 +282,10 @@ class ContainerProbe(Probe):
     default_period = 300.0
     default_timeout = 120.0
     knobs = (
+        Knob("CONTAINER_REQUIREMENT", parse_requirement, "OPTIONAL", "REQUIRED: a container problem makes the node "
+             "refuse all jobs; OPTIONAL: it only degrades the node, which advertises that containers do not "
+             "work (StartdHealthContainerAvailable = false); NEVER: containers are not used, nothing is tested",
+             "LEVEL"),
         Knob("CONTAINER_RUNTIME", parse_string, "", "runtime to test (path or name); default: HTCondor's "
              "SINGULARITY if it is an executable, else apptainer or singularity from PATH", "PATH"),
         Knob("CONTAINER_MODULE", parse_string, "", "shell command that makes the runtime available, run in a "
@@ -274,4 +306,7 @@ class ContainerProbe(Probe):
     )
 
     def run(self, ctx) -> ProbeResult:
-        return judge(gather(ctx), ctx.settings["partial_ok"])
+        level = ctx.settings["requirement"]
+        if level == "NEVER":
+            return skipped_by_policy()
+        return apply_requirement(judge(gather(ctx), ctx.settings["partial_ok"]), level)

@@ -17,6 +17,7 @@ CRON_PERIOD = 5
 REPO = "oasis.opensciencegrid.org"
 TEST_CONF = f"""\
 STARTD_HEALTH_CRON_PERIOD = {CRON_PERIOD}
+STARTD_HEALTH_CONTAINER_REQUIREMENT = REQUIRED
 STARTD_HEALTH_CONTAINER_PERIOD = 1
 STARTD_HEALTH_CONTAINER_IMAGES = sif=/opt/containers/site.sif sandbox=/opt/containers/sandbox
 STARTD_HEALTH_CONTAINER_FLAGS = --ipc --pid --contain --bind /cvmfs

@@ -226,3 +226,43 @@ def test_pre_job_hook_holds_a_job_whose_image_does_not_launch(pool):
     assert "PREPARE_JOB (startd-health) failed (exited with status 1)" in reason
     assert "startd-health: the job's image broken.sif does not launch on this node" in reason
     pool.enter("condor_rm", str(bad))
+
+
+RECIPES = {  # the README's job-side recipes
+    "needs": "requirements = (StartdHealthContainerAvailable =?= true)",
+    "prefers": "rank = (StartdHealthContainerAvailable =?= true)",
+    "must_not": 'requirements = (StartdHealthContainerRequirement =!= "REQUIRED")',
+}
+
+
+@pytest.mark.parametrize("level", ["OPTIONAL", "NEVER"])
+def test_requirement_levels_and_job_recipes(pool, level):
+    """With no working runtime: OPTIONAL/NEVER keep the node healthy for jobs that do not need a container."""
+    set_extra_conf(pool, f"STARTD_HEALTH_CONTAINER_REQUIREMENT = {level}\n"
+                         "STARTD_HEALTH_CONTAINER_RUNTIME = /nonexistent/apptainer\n")
+    try:
+        ad = our_slot(pool, "StartdHealthContainerStatus", "StartdHealthContainerRequirement",
+                      StartdHealthContainerAvailable=False, StartdHealthOk=True)
+        assert ad["StartdHealthContainerStatus"] == ("degraded" if level == "OPTIONAL" else "skipped")
+        assert ad["StartdHealthContainerRequirement"] == level
+        jobs = {name: pool.submit(JOB.replace("queue", recipe + "\nqueue")) for name, recipe in RECIPES.items()}
+        for name in ("prefers", "must_not"):
+            pool.wait_for(lambda: pool.job_status(jobs[name]) == 4, 120, f"{name} job to run without a container")
+        assert pool.job_status(jobs["needs"]) == 1, "a job needing a container ran on a node without one"
+        pool.enter("condor_rm", str(jobs["needs"]))
+    finally:
+        set_extra_conf(pool, "")
+    our_slot(pool, StartdHealthContainerAvailable=True, StartdHealthOk=True)
+
+
+def test_required_level_refuses_jobs_that_do_not_even_need_a_container(pool):
+    set_extra_conf(pool, "STARTD_HEALTH_CONTAINER_RUNTIME = /nonexistent/apptainer\n")
+    try:
+        our_slot(pool, StartdHealthContainerRequirement="REQUIRED", StartdHealthOk=False)
+        job = pool.submit(JOB.replace("queue", RECIPES["must_not"] + "\nqueue"))
+        time.sleep(15)
+        assert pool.job_status(job) == 1
+        pool.enter("condor_rm", str(job))
+    finally:
+        set_extra_conf(pool, "")
+    our_slot(pool, StartdHealthOk=True)

@@ -93,7 +93,7 @@ if [ "$1" = --version ]; then {version_body}; fi
 
 def ctx_for(runtime, images=("t=/img",), budget=20.0, launch_timeout=2.0):
     settings = {"runtime": runtime, "module": "", "images": images, "flags": ("--ipc",),
-                "launch_timeout": launch_timeout, "partial_ok": False, "binds": ()}
+                "launch_timeout": launch_timeout, "partial_ok": False, "binds": (), "requirement": "REQUIRED"}
     return ProbeContext("container", settings, time.monotonic() + budget)
 
 
@@ -154,3 +154,24 @@ def test_runtime_that_prints_no_version_is_not_a_runtime(tmp_path):
     rt = fake_runtime(tmp_path, "exit 0", "exit 0")
     r = judge(gather(ctx_for(rt)))
     assert r.status is Status.FAILED and r.reason == f"{rt} --version: exit 0 but printed no version"
+
+
+def test_requirement_levels():
+    from probes.container import apply_requirement, skipped_by_policy
+    broken = judge(Gathered(None, runtime_error="no apptainer"))
+    required = apply_requirement(broken, "REQUIRED")
+    optional = apply_requirement(broken, "OPTIONAL")
+    assert required.status is Status.FAILED and required.facts["requirement"] == "REQUIRED"
+    assert optional.status is Status.DEGRADED and optional.status.usable
+    assert optional.facts["available"] is False and optional.reason == "no apptainer"
+    fine = judge(Gathered(RT, name="apptainer", version="1.4.5"))
+    assert apply_requirement(fine, "OPTIONAL").status is Status.OK
+    never = skipped_by_policy()
+    assert never.status is Status.SKIPPED and never.facts == {"available": False, "requirement": "NEVER"}
+
+
+def test_requirement_knob_parsing():
+    from probes.container import parse_requirement
+    assert parse_requirement(" required ") == "REQUIRED"
+    with pytest.raises(ValueError, match="REQUIRED, OPTIONAL or NEVER"):
+        parse_requirement("PREFERRED")
