@@ -33,7 +33,8 @@ def test_table_has_every_probe_age_and_figures():
 
 
 def test_cli_check_json_and_exit_code(cli_env, tmp_path):
-    proc = run_cli(["check", "--json", "--no-condor-config", "--container-runtime", "/nonexistent"], cli_env)
+    proc = run_cli(["check", "--json", "--no-condor-config", "--container-runtime", "/nonexistent",
+                    "--container-requirement", "REQUIRED"], cli_env)
     assert proc.returncode == 2
     doc = json.loads(proc.stdout)
     assert doc["healthy"] is False and doc["failed"] == ["container"]

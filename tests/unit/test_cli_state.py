@@ -15,7 +15,7 @@ import pytest
 from .helpers import REPO, parse_cron_output
 
 CRON = [sys.executable, "-c", "from monitor.cli import cron_main; cron_main()", "--no-condor-config",
-        "--container-runtime", "/bin/false"]
+        "--container-runtime", "/bin/false", "--container-requirement", "REQUIRED"]
 
 
 def run_in_namespace(setup: str, state_dir: str, env) -> subprocess.CompletedProcess:
