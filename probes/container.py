@@ -194,6 +194,31 @@ def judge_launch(image: str, path: str, seconds: float, report: inside.InsideRep
     return Launch(image, path, True, seconds, mode=mode, pid_namespace=pidns)
 
 
+CONDOR_IMAGE_NAME = "condor_default"
+
+
+def condor_default_image(expr: Optional[str]) -> str:
+    """The path HTCondor's SINGULARITY_IMAGE_EXPR names, when it is a plain
+    string (not an expression of the job ad, which only a job can resolve)."""
+    if not expr or not expr.strip():
+        return ""
+    try:
+        import classad2
+        value = classad2.ExprTree(expr).eval()
+    except Exception:  # not a valid expression: not ours to judge here
+        return ""
+    return value if isinstance(value, str) and value.startswith("/") else ""
+
+
+def images_to_test(ctx) -> Tuple[Tuple[str, str], ...]:
+    images = [tuple(entry.split("=", 1)) for entry in ctx.settings["images"]]
+    if ctx.settings.get("condor_image", True) and ctx.condor is not None:
+        path = condor_default_image(ctx.condor.get("SINGULARITY_IMAGE_EXPR"))
+        if path and path not in {p for _, p in images}:
+            images.append((CONDOR_IMAGE_NAME, path))
+    return tuple(images)  # type: ignore[return-value]
+
+
 def gather(ctx) -> Gathered:
     runtime, error = find_runtime(ctx)
     if runtime is None:
@@ -208,8 +233,7 @@ def gather(ctx) -> Gathered:
     repos = tuple(ctx.settings.get("cvmfs_repositories") or ()) if ctx.settings.get("cvmfs", True) else ()
     sections = [cvmfs.inside_script(ctx.settings["cvmfs_root"], repos)] if repos else []
     script = inside.script(ctx.settings["binds"], sections)
-    for entry in ctx.settings["images"]:
-        image, _, path = entry.partition("=")
+    for image, path in images_to_test(ctx):
         launches.append(launch(ctx, runtime, image, path, ctx.settings["flags"], ctx.settings["launch_timeout"],
                                script, repos))
     return Gathered(runtime, name=name or os.path.basename(runtime.path), version=number, launches=tuple(launches))
@@ -297,6 +321,8 @@ class ContainerProbe(Probe):
         Knob("CONTAINER_LAUNCH_TIMEOUT", parse_seconds, 30.0, "budget for one image launch", "SECONDS"),
         Knob("CONTAINER_BINDS", parse_list, (), "paths that must be present inside every image (bind mounts "
              "such as /cvmfs; give the matching --bind in CONTAINER_FLAGS if HTCondor adds it for jobs)", "LIST"),
+        Knob("CONTAINER_CONDOR_IMAGE", parse_bool, True, "also launch the image HTCondor's SINGULARITY_IMAGE_EXPR "
+             "names when it is a plain path (published as condor_default)", "BOOL"),
         Knob("CONTAINER_CVMFS", parse_bool, True, "also check the CVMFS repositories "
              "(STARTD_HEALTH_CVMFS_REPOSITORIES) inside every image; bind /cvmfs in CONTAINER_FLAGS as jobs get it",
              "BOOL"),

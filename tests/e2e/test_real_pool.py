@@ -266,3 +266,13 @@ def test_required_level_refuses_jobs_that_do_not_even_need_a_container(pool):
     finally:
         set_extra_conf(pool, "")
     our_slot(pool, StartdHealthOk=True)
+
+
+def test_the_image_htcondor_itself_uses_is_tested_too(pool):
+    set_extra_conf(pool, 'SINGULARITY_IMAGE_EXPR = "/opt/containers/test.sif"\n')
+    try:
+        ad = our_slot(pool, "StartdHealthContainerImagesOk", StartdHealthOk=True,
+                      StartdHealthContainerImagesOk=["sif", "sandbox", "condor_default"])
+        assert ad["StartdHealthContainerImagesOk"][-1] == "condor_default"
+    finally:
+        set_extra_conf(pool, "")

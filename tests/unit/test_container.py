@@ -175,3 +175,27 @@ def test_requirement_knob_parsing():
     assert parse_requirement(" required ") == "REQUIRED"
     with pytest.raises(ValueError, match="REQUIRED, OPTIONAL or NEVER"):
         parse_requirement("PREFERRED")
+
+
+def test_condor_default_image_only_when_a_plain_path():
+    from probes.container import condor_default_image
+    assert condor_default_image('"/cvmfs/singularity.opensciencegrid.org/osg/el9:latest"') == \
+        "/cvmfs/singularity.opensciencegrid.org/osg/el9:latest"
+    assert condor_default_image("TARGET.SingularityImage") == ""
+    assert condor_default_image('ifThenElse(TARGET.WantEL8, "/a", "/b")') == ""
+    assert condor_default_image('"relative.sif"') == "" and condor_default_image(None) == ""
+    assert condor_default_image("((( not an expression") == ""
+
+
+def test_condor_default_image_is_added_to_the_launches(tmp_path):
+    from probes.container import images_to_test
+
+    class Params:
+        def get(self, name):
+            return '"/cvmfs/x/el9:latest"' if name == "SINGULARITY_IMAGE_EXPR" else None
+    ctx = ctx_for("/x", images=("el9=/opt/el9.sif",))
+    ctx.condor = Params()
+    ctx.settings = dict(ctx.settings, condor_image=True)
+    assert images_to_test(ctx) == (("el9", "/opt/el9.sif"), ("condor_default", "/cvmfs/x/el9:latest"))
+    ctx.settings = dict(ctx.settings, condor_image=False)
+    assert images_to_test(ctx) == (("el9", "/opt/el9.sif"),)
