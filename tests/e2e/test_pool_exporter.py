@@ -173,6 +173,8 @@ def stack(tmp_path_factory):
         s.node = start(["exporter", "--no-condor-config", "--state-dir", str(tmp / "state"), "--probes", "container",
                         "--container-runtime", str(runtime), "--container-period", "2",
                         "--container-images", "el9=/img/el9.sif,broken=/img/broken.sif",
+                        # the broken image must make the node unhealthy (the rules and panels need one)
+                        "--container-requirement", "REQUIRED",
                         "--exporter-listen", f"127.0.0.1:{s.node_port}"])
         procs.append(s.node)
         s.pool_exporter = start(["pool-exporter", "--no-condor-config", "--pool-collectors", f"{s.dead},{collector}",
