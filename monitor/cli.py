@@ -263,6 +263,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     config = build_config(args)
     where = ("found" + (f" (CONDOR_CONFIG={os.environ['CONDOR_CONFIG']})" if os.environ.get("CONDOR_CONFIG") else "")
+             + f", read through {config.condor.via}"
              if config.condor.available else "not used: built-in defaults and _CONDOR_ environment only")
     lines = [f"# HTCondor configuration: {where}"] + describe(config, all_knobs())
     _emit("".join(line + "\n" for line in lines))

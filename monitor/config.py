@@ -125,13 +125,22 @@ def condor_config_present(environ: Mapping[str, str] = os.environ) -> bool:
 
 
 class CondorParams:
-    """Lookup of HTCondor configuration; empty when there is none (standalone)."""
+    """Lookup of HTCondor configuration; empty when there is none (standalone).
+
+    Through the Python bindings when they import; otherwise (a pilot whose
+    Python has no bindings) through one `condor_config_val -dump -expand`.
+    """
 
     def __init__(self, use_condor: Optional[bool] = None) -> None:
         self.available = condor_config_present() if use_condor is None else use_condor
+        self.via = ""
         self._param: Any = None
         if self.available:
             self._param = _import_param()
+            self.via = "htcondor2" if self._param is not None else ""
+            if self._param is None:
+                self._param = _dump_config()
+                self.via = "condor_config_val" if self._param is not None else ""
             self.available = self._param is not None
 
     def get(self, name: str) -> Optional[str]:
@@ -142,6 +151,32 @@ class CondorParams:
         except Exception:  # the bindings raise on some malformed values
             return None
         return None if value is None else str(value)
+
+
+_DUMP_LINE = re.compile(r"^([A-Za-z0-9_.]+) = (.*)$")
+
+
+class _DumpedParams(dict):
+    def get(self, name: str, default: Any = None) -> Any:  # HTCondor names are case-insensitive
+        return super().get(name.upper(), default)
+
+
+def _dump_config() -> Optional[_DumpedParams]:
+    import shutil
+
+    from .procs import run_command
+    tool = shutil.which("condor_config_val")
+    if not tool:
+        return None
+    result = run_command([tool, "-dump", "-expand"], timeout=15)
+    if not result.ok:
+        return None
+    params = _DumpedParams()
+    for line in result.stdout.splitlines():
+        match = _DUMP_LINE.match(line)
+        if match:
+            params[match.group(1).upper()] = match.group(2).strip()
+    return params
 
 
 def _import_param() -> Any:

@@ -104,3 +104,25 @@ def test_cron_with_bad_arguments_still_prints_a_complete_unhealthy_ad(cli_env):
     proc = run_cli(["--no-such-option"], cli_env, entry="cron")
     assert proc.returncode == 2
     assert parse_cron_output(proc.stdout)["StartdHealthOk"] is False
+
+
+def test_without_bindings_the_config_comes_from_condor_config_val(tmp_path, cli_env):
+    """A pilot's Python may lack the bindings: `condor_config_val -dump -expand` stands in.
+    (The stand-in script prints what the real tool prints; the real tool is used in tests/e2e.)"""
+    tool = tmp_path / "condor_config_val"
+    tool.write_text('#!/bin/sh\n[ "$1 $2" = "-dump -expand" ] || exit 2\n'
+                    'echo "# Configuration from machine: x"\necho "SPOOL = /var/lib/condor/spool"\n'
+                    'echo "STARTD_HEALTH_DEADLINE = 42"\n')
+    tool.chmod(0o755)
+    (tmp_path / "condor_config").write_text("")
+    cli_env.update(PATH=f"{tmp_path}:/usr/bin:/bin", CONDOR_CONFIG=str(tmp_path / "condor_config"))
+    # -S: no site-packages, so no htcondor2/classad2, as on a bare pilot
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-S", "-m", "monitor", "config"], env=cli_env, capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert "read through condor_config_val" in proc.stdout
+    assert "STARTD_HEALTH_DEADLINE                 = 42    # HTCondor config STARTD_HEALTH_DEADLINE" in proc.stdout \
+        or "= 42    # HTCondor config STARTD_HEALTH_DEADLINE" in proc.stdout
+    assert "/var/lib/condor/spool/startd_health    # default (HTCondor $(SPOOL)/startd_health)" in proc.stdout

@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""Build startd-health.pyz: the relocatable artifact for pilots (glideins).
+
+A pilot runs a condor_startd as an ordinary user on someone else's node, with
+no root and no package install. The zipapp runs on the node's own python3
+(3.9+, e.g. EL9's) with nothing else installed: the HTCondor bindings are used
+when that Python has them, else `condor_config_val` reads the pilot's
+configuration and values are quoted without them. prometheus_client (pure
+Python) is bundled for the textfile output; the exporter and the benchmarks
+(numpy) are not meant for pilots.
+
+usage: build_zipapp.py [--output dist/startd-health.pyz]
+Then, in the pilot's condor configuration:
+  STARTD_CRON_JOBLIST = $(STARTD_CRON_JOBLIST) STARTD_HEALTH
+  STARTD_CRON_STARTD_HEALTH_EXECUTABLE = /usr/bin/python3
+  STARTD_CRON_STARTD_HEALTH_ARGS = /path/to/startd-health.pyz
+  STARTD_CRON_STARTD_HEALTH_PERIOD = 300
+(or include packaging/condor/50-startd-health.conf and set STARTD_HEALTH_CRON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import zipapp
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+MAIN = '''"""startd-health as a zipapp: `cron` unless another command is named."""
+import sys
+
+from monitor.cli import cron_main, run
+
+COMMANDS = {"cron", "check", "config", "probes", "hook", "exporter", "benchmark"}
+if sys.argv[1:2] and (sys.argv[1] in COMMANDS or sys.argv[1] in ("-h", "--help", "-V", "--version")):
+    run()
+else:
+    cron_main()
+'''
+
+
+def build(output: str) -> str:
+    staging = tempfile.mkdtemp(prefix="startd-health-pyz-")
+    try:
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+        for package in ("monitor", "probes"):
+            shutil.copytree(os.path.join(REPO, package), os.path.join(staging, package), ignore=ignore)
+        try:
+            import prometheus_client
+            shutil.copytree(os.path.dirname(prometheus_client.__file__), os.path.join(staging, "prometheus_client"),
+                            ignore=ignore)
+        except ImportError:
+            print("build_zipapp: prometheus_client not installed here: the textfile output will be off",
+                  file=sys.stderr)
+        with open(os.path.join(staging, "__main__.py"), "w") as handle:
+            handle.write(MAIN)
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        tmp = output + ".tmp"
+        zipapp.create_archive(staging, tmp, interpreter="/usr/bin/env python3", compressed=True)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, output)
+        return output
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Build the pilot zipapp startd-health.pyz.")
+    parser.add_argument("--output", default=os.path.join(REPO, "dist", "startd-health.pyz"))
+    args = parser.parse_args()
+    path = build(args.output)
+    print(f"{path} ({os.path.getsize(path) // 1024} KiB)")
+
+
+if __name__ == "__main__":
+    main()
