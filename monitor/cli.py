@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from . import __version__
 from .config import (CondorParams, Config, ConfigError, Knob, describe, load_config, parse_bool, parse_list,
                      parse_positive_seconds, parse_string)
-from .exporter_listen import parse_listen
+from .exporter_listen import format_listen, parse_listen
 
 log = logging.getLogger("startd-health")
 
@@ -37,7 +37,7 @@ CORE_KNOBS = (
          "also write the metrics to DIR/startd_health.prom for node_exporter's textfile collector "
          "(each cron run; empty: off)", "DIR"),
     Knob("EXPORTER_LISTEN", parse_listen, ("127.0.0.1", 9761), "address:port of `startd-health exporter`",
-         "ADDR:PORT", lambda v: f"[{v[0]}]:{v[1]}" if ":" in v[0] else f"{v[0]}:{v[1]}"),
+         "ADDR:PORT", format_listen),
     Knob("EXPORTER_TLS_CERT", parse_string, "", "TLS certificate file for the exporter (with "
          "EXPORTER_TLS_KEY; empty: plain HTTP)", "FILE"),
     Knob("EXPORTER_TLS_KEY", parse_string, "", "TLS private key file for the exporter", "FILE"),

@@ -11,7 +11,8 @@ timestamps as `_timestamp_seconds`, no free text in labels.
   startd_health_probe_duration_seconds{probe}
   startd_health_probe_last_run_timestamp_seconds{probe}
   startd_health_probe_last_success_timestamp_seconds{probe}   (0: never)
-  startd_health_<probe>_<fact>                          bool / number facts
+  startd_health_<probe>_<fact>                          bool / number facts (a name ending in a
+                                                        reserved suffix such as _count gets _value)
   startd_health_<probe>_info{<fact>=...}                string facts, value 1
   startd_health_<probe>_<item>_ok{<item>=...}           from the fact pair <items>_ok / <items>_failed (1/0)
   startd_health_<probe>_<items>_<state>{<item>=...}     other list facts, value 1 per item
@@ -38,6 +39,17 @@ _NOT_NAME = re.compile(r"[^a-zA-Z0-9_]+")
 
 def metric_name(*parts: str) -> str:
     return "_".join(p for p in (_NOT_NAME.sub("_", part).strip("_").lower() for part in parts) if p)
+
+
+# Suffixes Prometheus reserves for histograms, summaries, counters and info
+# metrics (promtool rejects a gauge named like them): a fact such as
+# gpu "count" is exported as startd_health_gpu_count_value instead.
+RESERVED_SUFFIXES = ("_count", "_sum", "_bucket", "_total", "_created", "_info")
+
+
+def gauge_name(*parts: str) -> str:
+    name = metric_name(*parts)
+    return name + "_value" if name.endswith(RESERVED_SUFFIXES) else name
 
 
 def singular(word: str) -> str:
@@ -85,7 +97,7 @@ def _fact_families(r: ProbeResult) -> Iterator[Any]:
         if isinstance(value, bool) or isinstance(value, (int, float)):
             number = float(value)
             if math.isfinite(number):
-                yield GaugeMetricFamily(metric_name(PREFIX, r.probe, name), f"{r.probe} probe: {name}", value=number)
+                yield GaugeMetricFamily(gauge_name(PREFIX, r.probe, name), f"{r.probe} probe: {name}", value=number)
         elif isinstance(value, str):
             strings[metric_name(name)] = value
     if strings:
@@ -124,7 +136,7 @@ def _measurement_families(r: ProbeResult) -> Iterator[Any]:
     for m in r.measurements:
         if not math.isfinite(m.value):
             continue
-        name = metric_name(PREFIX, r.probe, m.name, m.unit)
+        name = gauge_name(PREFIX, r.probe, m.name, m.unit)
         family = by_name.get(name)
         if family is None:
             family = by_name[name] = GaugeMetricFamily(

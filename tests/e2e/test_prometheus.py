@@ -24,8 +24,9 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def runtime(tmp_path):
     path = tmp_path / "apptainer"
+    # "launches" by running the inside-the-image script on the host
     path.write_text('#!/bin/sh\nif [ "$1" = --version ]; then echo "apptainer version 1.4.5"; exit 0; fi\n'
-                    'sleep 0.05; echo "1000 1000 1"\n')
+                    'sleep 0.05; while [ "$1" != /bin/sh ]; do shift; done; exec "$@"\n')
     path.chmod(0o755)
     return str(path)
 
@@ -78,6 +79,20 @@ def test_textfile_is_atomic_0644_and_passes_promtool(tmp_path, runtime):
     # no sample carries a client timestamp (node_exporter would drop the whole file)
     samples = [line for line in text.splitlines() if line and not line.startswith("#")]
     assert all(len(line.rsplit(" ", 2)) == 2 or not line.rsplit(" ", 1)[-1].isdigit() for line in samples)
+
+
+def test_every_probe_on_this_machine_passes_promtool(tmp_path, runtime):
+    """All probes as they run here (facts like gpu count must not clash with reserved suffixes)."""
+    textdir = tmp_path / "textfile"
+    textdir.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "monitor", "cron", "--no-condor-config", "--state-dir",
+                           str(tmp_path / "state"), "--textfile-dir", str(textdir)], env=env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    text = (textdir / "startd_health.prom").read_text()
+    lint = promtool("check", "metrics", input=text)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    assert "startd_health_gpu_count_value 0.0" in text
 
 
 def test_unwritable_textfile_dir_is_reported_in_the_ad(tmp_path, runtime):

@@ -247,7 +247,7 @@ def test_requirement_levels_and_job_recipes(pool, level):
         assert ad["StartdHealthContainerRequirement"] == level
         jobs = {name: pool.submit(JOB.replace("queue", recipe + "\nqueue")) for name, recipe in RECIPES.items()}
         for name in ("prefers", "must_not"):
-            pool.wait_for(lambda: pool.job_status(jobs[name]) == 4, 120, f"{name} job to run without a container")
+            pool.wait_for(lambda job=jobs[name]: pool.job_status(job) == 4, 120, f"{name} job to run without a container")
         assert pool.job_status(jobs["needs"]) == 1, "a job needing a container ran on a node without one"
         pool.enter("condor_rm", str(jobs["needs"]))
     finally:
