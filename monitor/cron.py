@@ -129,6 +129,33 @@ def ospool_lines(results: Sequence[ProbeResult]) -> List[str]:
     return lines
 
 
+# Well-known attribute names under which tools outside startd-health read some
+# measurements, published next to ours: (probe, measurement, labels) -> name.
+ALIASES = {
+    # CMS (and DIRAC-style tooling) read the node's DB12 score per core as
+    # DIRACBenchmark: the mean over one copy per core, run together.
+    ("benchmarks", "db12", (("mode", "wholenode"),)): "DIRACBenchmark",
+}
+
+
+def alias_lines(results: Iterable[ProbeResult]) -> List[str]:
+    return [f"{ALIASES[(r.probe, m.name, m.labels)]} = {render_value(float(m.value))}"
+            for r in results for m in r.measurements
+            if (r.probe, m.name, m.labels) in ALIASES and math.isfinite(m.value)]
+
+
+def render_probes(results: Iterable[ProbeResult], now: float) -> str:
+    """What an on-demand job (`startd-health benchmark`) prints: its probes'
+    attributes and aliases, then the `-` line. Never the verdict (the
+    periodic job owns StartdHealthOk and StartdHealthTimestamp) and no Age:
+    the startd keeps each job's last output, so an age printed here would
+    stay frozen, while every cron run re-publishes the current one."""
+    results = list(results)
+    lines = [line for r in results for line in probe_lines(r, now)
+             if not line.startswith(attribute(r.probe, "age") + " ")]
+    return "".join(line + "\n" for line in lines + alias_lines(results)) + "-\n"
+
+
 def render(report: RunReport, verdict: Verdict, now: float, ospool: bool = True) -> str:
     """The complete cron output: attribute lines, then the closing `-` line.
 
@@ -147,6 +174,7 @@ def render(report: RunReport, verdict: Verdict, now: float, ospool: bool = True)
         lines.append(f"{ATTR_PREFIX}StateError = {render_value(report.state_error)}")
     if report.overlapped:
         lines.append(f"{ATTR_PREFIX}Overlapped = true")
+    lines.extend(alias_lines(report.results))  # names other tools read: before anything that may be cut
     if ospool:
         lines.extend(ospool_lines(report.results))  # what jobs match on: before anything that may be cut
     budget = MAX_OUTPUT_BYTES - sum(len(line) + 1 for line in lines) - 2

@@ -30,7 +30,9 @@ LAUNCH_BUCKETS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 class NodeExporter:
     def __init__(self, probes: Sequence[Probe], settings: Mapping[str, Mapping[str, Any]],
-                 state: Optional[StateDir], condor: Any = None) -> None:
+                 state: Optional[StateDir], condor: Any = None, on_demand: Sequence[str] = ()) -> None:
+        """on_demand: probes this exporter never runs (benchmarks) whose last
+        result in the state directory is served too, never judged."""
         import prometheus_client
         from prometheus_client import CollectorRegistry, Counter, Histogram
         from prometheus_client.process_collector import ProcessCollector
@@ -42,6 +44,7 @@ class NodeExporter:
         self.settings = settings
         self.state = state
         self.condor = condor
+        self.on_demand = tuple(on_demand)
         self._latest: Dict[str, ProbeResult] = {}
         self._lock = threading.Lock()
         self.registry = CollectorRegistry(auto_describe=False)
@@ -63,7 +66,10 @@ class NodeExporter:
     def snapshot(self) -> Tuple[Sequence[ProbeResult], Verdict]:
         with self._lock:
             results = [self._latest[p.name] for p in self.probes if p.name in self._latest]
-        return results, judge(results)
+        verdict = judge(results)
+        if self.state is not None:  # read at each scrape: `startd-health benchmark` may have run since
+            results += [r for r in map(self.state.load, self.on_demand) if r is not None]
+        return results, verdict
 
     def run_probe(self, probe: Probe) -> ProbeResult:
         settings = self.settings[probe.name]

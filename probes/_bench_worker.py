@@ -1,0 +1,268 @@
+"""The heavy part of the benchmarks probe, run as a child process:
+
+    python -I _bench_worker.py db12|matmul|memory '<json arguments>'
+
+It prints one JSON line: raw timings, never judged figures (probes/benchmarks.py
+turns them into scores). Self-contained on purpose (standard library only,
+numpy imported only by the numpy benchmarks): it runs by path with -I, so
+neither the caller's sys.path nor PYTHON* variables can change what it
+measures, and the probe's runner can kill its whole process group (copies
+are forked children, in the same group) when the budget runs out.
+
+Every benchmark gets an absolute deadline on CLOCK_MONOTONIC (system-wide,
+so forked copies share it) and plans its work to end before it; a benchmark
+that cannot fit says so instead of overrunning.
+"""
+
+import json
+import os
+import platform
+import random
+import sys
+import time
+
+WARMUP_SLICES = 50      # the (unmeasured) DB12 warm-up pass checks the deadline this often
+
+
+# ---------------------------------------------------------------- copies
+
+def run_copies(copies, prepare, measure):
+    """Run prepare() then measure(state) in `copies` forked children.
+
+    All children prepare (imports, allocations) first; measure() starts in
+    all of them together once every one is ready, so that whole-node figures
+    are taken with every core busy. Returns one dict per copy.
+    """
+    if copies == 1:
+        try:
+            return [measure(prepare())]
+        except Exception as exc:  # reported, not raised: the parent prints JSON
+            return [{"error": "%s: %s" % (type(exc).__name__, exc)}]
+    children = []
+    for _ in range(copies):
+        ready_r, ready_w = os.pipe()
+        go_r, go_w = os.pipe()
+        out_r, out_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: prepare, say ready, wait for go, measure, report
+            code = 0
+            try:
+                for fd in (ready_r, go_w, out_r):
+                    os.close(fd)
+                try:
+                    state = prepare()
+                    os.write(ready_w, b"r")
+                    os.read(go_r, 1)
+                    result = measure(state)
+                except Exception as exc:
+                    os.write(ready_w, b"r")
+                    result = {"error": "%s: %s" % (type(exc).__name__, exc)}
+                data = json.dumps(result).encode()
+                while data:
+                    data = data[os.write(out_w, data):]
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        for fd in (ready_w, go_r, out_w):
+            os.close(fd)
+        children.append((pid, ready_r, go_w, out_r))
+    for _, ready_r, _, _ in children:
+        os.read(ready_r, 1)
+    for _, _, go_w, _ in children:
+        os.write(go_w, b"g")
+    results = []
+    for pid, ready_r, go_w, out_r in children:
+        chunks = []
+        while True:
+            chunk = os.read(out_r, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        for fd in (ready_r, go_w, out_r):
+            os.close(fd)
+        _, status = os.waitpid(pid, 0)
+        try:
+            results.append(json.loads(b"".join(chunks).decode()))
+        except ValueError:
+            results.append({"error": "copy %d ended without a result (wait status %d)" % (pid, status)})
+    return results
+
+
+def cpu_seconds():
+    """user + system CPU seconds of this process and its reaped children:
+    the quantity DB12 reads with os.times(), at getrusage's finer resolution."""
+    import resource
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+# ---------------------------------------------------------------- DB12
+
+def db12_pass(draws):
+    """One DB12 pass. DB12 keeps two identical pairs of running sums (its
+    m_1/m_2 and p_1/p_2): that work per draw is part of what the score
+    is calibrated on, so it is done here too, with the same calls (the
+    module attribute random.normalvariate, looked up at each draw)."""
+    total = squares = total2 = squares2 = 0
+    for _ in range(draws):
+        value = random.normalvariate(10, 1)
+        total += value
+        squares += value * value
+        total2 += value
+        squares2 += value * value
+    return total, squares
+
+
+def db12_copy(draws, passes, deadline):
+    """Pass 0 warms up (CPUs with variable speed) and is not measured; then
+    `passes` measured passes. The warm-up pass runs in slices, so that a copy
+    that cannot end before the deadline says so early instead of overrunning."""
+    started = time.monotonic()
+    done = 0
+    for index in range(WARMUP_SLICES):
+        size = draws // WARMUP_SLICES + (1 if index < draws % WARMUP_SLICES else 0)
+        db12_pass(size)
+        done += size
+        per_pass = (time.monotonic() - started) * draws / max(1, done)
+        if index >= 1 and started + per_pass * (1 + passes) * 1.05 > deadline:
+            return {"error": "a DB12 pass takes about %.1fs here: the warm-up and %d measured pass%s do not fit "
+                             "in the %.1fs budget" % (per_pass, passes, "" if passes == 1 else "es",
+                                                      deadline - started)}
+    warmup = time.monotonic() - started
+    cpu0, wall0 = cpu_seconds(), time.monotonic()
+    for _ in range(passes):
+        db12_pass(draws)
+    return {"cpu_seconds": cpu_seconds() - cpu0, "wall_seconds": time.monotonic() - wall0,
+            "warmup_seconds": warmup}
+
+
+def bench_db12(args, deadline):
+    results = run_copies(args["copies"], lambda: None,
+                         lambda _: db12_copy(args["draws"], args["passes"], deadline))
+    return {"copies": results}
+
+
+# ---------------------------------------------------------------- numpy
+
+def blas_info(np):
+    """What BLAS numpy uses: its build configuration, the library really
+    mapped into this process, and threadpoolctl's view when installed."""
+    import re
+    import warnings
+    info = {"numpy": np.__version__}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            config = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        info["name"] = str(config.get("name", ""))
+        info["version"] = str(config.get("version", ""))
+    except Exception:  # numpy < 1.26: no mode="dicts"
+        legacy = getattr(getattr(np, "__config__", None), "blas_opt_info", None) or {}
+        info["name"] = ",".join(legacy.get("libraries", [])) if isinstance(legacy, dict) else ""
+    try:
+        with open("/proc/self/maps") as handle:
+            paths = sorted({line.split()[-1] for line in handle
+                            if re.search(r"/lib[^/]*(blas|mkl_rt|mkl_core|blis|flexiblas)[^/]*\.so", line)})
+        info["libraries"] = paths
+    except OSError:
+        info["libraries"] = []
+    try:
+        from threadpoolctl import threadpool_info
+        for pool in threadpool_info():
+            if pool.get("user_api") == "blas":
+                info["threadpoolctl"] = {k: pool.get(k) for k in ("internal_api", "version", "num_threads",
+                                                                   "threading_layer", "filepath")}
+                break
+    except Exception:  # not installed, or it could not inspect this BLAS
+        pass
+    return info
+
+
+MATMUL_MIN_N, MATMUL_MAX_N = 256, 2048
+
+
+def bench_matmul(args, deadline):
+    """Best time of an n x n float64 matrix product (numpy.matmul into a
+    preallocated output). n grows from 256 (doubling, at most 2048) while a
+    product takes under a twentieth of the time left, so that a slow BLAS
+    still gets several repetitions inside the budget."""
+    import numpy as np
+    rng = np.random.default_rng(12)
+    n = MATMUL_MIN_N
+    while True:
+        a, b = rng.random((n, n)), rng.random((n, n))
+        out = np.empty((n, n))
+        t0 = time.perf_counter()
+        np.matmul(a, b, out=out)
+        took = time.perf_counter() - t0
+        if n >= MATMUL_MAX_N or took * 8 > (deadline - time.monotonic()) / 20:
+            break
+        n *= 2
+    best, reps = took, 1
+    while time.monotonic() + best * 1.5 < deadline:
+        t0 = time.perf_counter()
+        np.matmul(a, b, out=out)
+        best = min(best, time.perf_counter() - t0)
+        reps += 1
+    return {"n": n, "best_seconds": best, "reps": reps, "threads": args["threads"], "blas": blas_info(np)}
+
+
+def memory_prepare(array_mib):
+    import numpy as np
+    n = max(1, int(array_mib * 1024 * 1024) // 8)
+    # np.full writes every page now: no page faults inside the timed loops
+    return np, np.full(n, 1.0), np.full(n, 2.0), np.full(n, 0.5)
+
+
+def memory_measure(state, deadline):
+    """STREAM copy (c = a) and triad (a = b + q*c) with no numpy temporaries:
+    np.copyto, then np.multiply/np.add writing into the output array. The
+    first half of the time left runs copy, the second triad; with several
+    copies the phases coincide (one shared deadline), so their rates add up."""
+    np, a, b, c = state
+    start = time.monotonic()
+    switch = start + (deadline - start) / 2
+    phases = {}
+    for name, end in (("copy", switch), ("triad", deadline)):
+        best, total, reps, last = float("inf"), 0.0, 0, 0.0
+        while reps == 0 or time.monotonic() + last * 1.2 < end:
+            t0 = time.perf_counter()
+            if name == "copy":
+                np.copyto(c, a)
+            else:
+                np.multiply(c, 3.0, out=a)
+                np.add(a, b, out=a)
+            last = time.perf_counter() - t0
+            best, total, reps = min(best, last), total + last, reps + 1
+        phases[name] = {"best_seconds": best, "total_seconds": total, "reps": reps}
+    phases["array_bytes"] = int(a.nbytes)
+    return phases
+
+
+def bench_memory(args, deadline):
+    results = run_copies(args["copies"], lambda: memory_prepare(args["array_mib"]),
+                         lambda state: memory_measure(state, deadline))
+    return {"copies": results}
+
+
+BENCHMARKS = {"db12": bench_db12, "matmul": bench_matmul, "memory": bench_memory}
+
+
+def main(argv):
+    started = time.monotonic()
+    name, args = argv[1], json.loads(argv[2])
+    deadline = started + float(args["seconds"])
+    try:
+        result = BENCHMARKS[name](args, deadline)
+    except Exception as exc:
+        result = {"error": "%s: %s" % (type(exc).__name__, exc)}
+    result["python"] = "%s %s" % (platform.python_implementation(), platform.python_version())
+    result["elapsed_seconds"] = time.monotonic() - started
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
