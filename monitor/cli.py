@@ -260,6 +260,17 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return EXIT_STATE if report.state_error else EXIT_OK
 
 
+def cmd_inside_script(args: argparse.Namespace) -> int:
+    from probes import _inside as inside
+    from probes import cvmfs
+
+    config = build_config(args)
+    repos = config["CVMFS_REPOSITORIES"]
+    sections = [cvmfs.inside_script(config["CVMFS_ROOT"], repos)] if repos else []
+    _emit(inside.standalone(config["CONTAINER_BINDS"], sections))
+    return EXIT_OK
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     config = build_config(args)
     where = ("found" + (f" (CONDOR_CONFIG={os.environ['CONDOR_CONFIG']})" if os.environ.get("CONDOR_CONFIG") else "")
@@ -293,6 +304,7 @@ EPILOG = """commands:
   exporter  serve Prometheus metrics; probes run on their own schedules
   pool-exporter  serve the pool's health as Prometheus metrics, from the HTCondor collector
   hook      HTCondor job hook: `hook prepare-job` checks the job's image before it starts
+  inside-script  print the inside-the-image checks as a sh script for a job's PreCmd
   config    print the effective configuration and where each value came from
   probes    list the available probes
 
@@ -353,6 +365,13 @@ def make_parser() -> argparse.ArgumentParser:
                                       "the job start, 1 holds it with the reason, HookStatusCode 300 requeues it.")
     hook.add_argument("hook_type", choices=["prepare-job"], help="which hook")
     hook.set_defaults(func=cmd_hook)
+    inside = sub.add_parser("inside-script", parents=[common, knob_options],
+                            help="print the checks as a sh script a job can run (e.g. as its PreCmd)",
+                            description="Print a POSIX sh script with the checks the container probe runs inside "
+                                        "images (writable /tmp and home, STARTD_HEALTH_CONTAINER_BINDS, the CVMFS "
+                                        "repositories): it exits 1 with one line per failure on stderr. Needs "
+                                        "nothing but sh and ls inside the image.")
+    inside.set_defaults(func=cmd_inside_script)
     config = sub.add_parser("config", parents=[common, knob_options], help="print the effective configuration",
                             description="Print every STARTD_HEALTH_ knob with its effective value and source.")
     config.set_defaults(func=cmd_config)

@@ -276,3 +276,48 @@ def test_the_image_htcondor_itself_uses_is_tested_too(pool):
         assert ad["StartdHealthContainerImagesOk"][-1] == "condor_default"
     finally:
         set_extra_conf(pool, "")
+
+
+CHECKED_JOB = """\
+universe = container
+container_image = /opt/containers/site.sif
+{how}
+should_transfer_files = YES
+log = checked.log
+output = checked.out
+error = checked.err
+queue
+"""
+AS_PRECMD = ('executable = /bin/cat\narguments = /etc/motd\ntransfer_executable = false\n'
+             'transfer_input_files = checks.sh\n+PreCmd = "checks.sh"')
+AS_WRAPPER = "executable = checks.sh\narguments = /bin/cat /etc/motd\ntransfer_executable = true"
+
+
+def test_job_side_checks_run_inside_the_jobs_container(pool):
+    """`startd-health inside-script`: the job's executable wraps its real command and checks first."""
+    tool = "/opt/startd-health/venv/bin/startd-health"
+
+    def checks(*extra):
+        pool.sh(f"{tool} inside-script --no-condor-config {' '.join(extra)} > /home/tester/checks.sh && "
+                "chmod 755 /home/tester/checks.sh")
+
+    def run(how):
+        job = pool.submit(CHECKED_JOB.format(how=how))
+        pool.wait_for(lambda: pool.job_status(job) == 4, 120, f"job {job} to end")
+        code = pool.enter("condor_history", str(job), "-af", "ExitCode", "-limit", "1").stdout.strip()
+        return (code, open(pool.path("/home/tester/checked.out")).read(),
+                open(pool.path("/home/tester/checked.err")).read())
+
+    checks()
+    code, out, err = run(AS_WRAPPER)
+    assert code == "0" and "startd-health test image" in out and "startd-health: checks passed" in err
+
+    checks("--container-binds", "/cvmfs/missing.example.org")
+    code, out, err = run(AS_WRAPPER)
+    assert code == "1" and out == ""
+    assert "startd-health: bind:/cvmfs/missing.example.org: not mounted inside" in err
+
+    # Measured, and why the recipe is a wrapper: HTCondor runs a PreCmd but a
+    # failing one neither stops the job nor shows its output (23.9 and 25.14).
+    code, out, err = run(AS_PRECMD)
+    assert code == "0" and "startd-health test image" in out

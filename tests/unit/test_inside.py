@@ -40,3 +40,14 @@ def test_a_script_cut_short_is_not_a_pass():
     cut = "\n".join(out.splitlines()[:-1])
     launch = judge_launch("el9", "/x", 0.1, inside.parse(cut), os.getuid(), "pid:[1]", "check tmp_writable ok")
     assert not launch.ok and "did not finish" in launch.error
+
+
+def test_standalone_script_gates_and_execs_the_jobs_command(tmp_path):
+    script = tmp_path / "checks.sh"
+    script.write_text(inside.standalone())
+    ok = subprocess.run(["/bin/sh", str(script), "echo", "the job ran"], capture_output=True, text=True, timeout=10)
+    assert ok.returncode == 0 and ok.stdout == "the job ran\n" and "checks passed" in ok.stderr
+    script.write_text(inside.standalone(binds=["/no/such/bind"]))
+    bad = subprocess.run(["/bin/sh", str(script), "echo", "the job ran"], capture_output=True, text=True, timeout=10)
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert bad.stderr == "startd-health: bind:/no/such/bind: not mounted inside\n"
