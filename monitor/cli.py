@@ -65,7 +65,7 @@ def probe_knobs(name: str, cls: Any) -> Tuple[Knob, ...]:
 
 
 def all_knobs() -> List[Knob]:
-    from .pool_exporter import POOL_KNOBS
+    from .pool_knobs import POOL_KNOBS
     knobs = list(CORE_KNOBS) + list(POOL_KNOBS)
     for name, cls in _probe_classes().items():
         knobs.extend(probe_knobs(name, cls))
@@ -86,7 +86,7 @@ def build_config(args: argparse.Namespace) -> Config:
     condor = CondorParams(False if args.no_condor_config else None)
     known = _probe_classes()
     enabled = tuple(n for n, c in known.items() if c.enabled_by_default)
-    from .pool_exporter import default_collectors
+    from .pool_knobs import default_collectors
     config = load_config(knobs, flags, condor, {
         "STATE_DIR": _default_state_dir,
         "POOL_COLLECTORS": default_collectors,
