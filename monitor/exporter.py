@@ -99,10 +99,9 @@ class NodeExporter:
 
     def start(self, listen: Tuple[str, int], certfile: str = "", keyfile: str = "") -> None:
         from apscheduler.schedulers.background import BackgroundScheduler
-        from prometheus_client import start_http_server
+        from .exporter_listen import start_metrics_server
 
-        tls: Dict[str, str] = {"certfile": certfile, "keyfile": keyfile} if certfile else {}
-        self.server, _ = start_http_server(listen[1], addr=listen[0], registry=self.registry, **tls)
+        self.server = start_metrics_server(listen, self.registry, certfile, keyfile)
         self.scheduler = BackgroundScheduler(timezone=datetime.timezone.utc)
         now = datetime.datetime.now(datetime.timezone.utc)
         for index, probe in enumerate(self.probes):
@@ -112,7 +111,7 @@ class NodeExporter:
                 jitter=min(30.0, period / 10), max_instances=1, coalesce=True, misfire_grace_time=max(1, int(period)),
                 next_run_time=now + datetime.timedelta(seconds=0.2 * index))  # first runs now, staggered
         self.scheduler.start()
-        log.info("serving metrics on %s://%s:%d/metrics", "https" if tls else "http", *listen)
+        log.info("serving metrics on %s://%s:%d/metrics", "https" if certfile else "http", *listen)
 
     def stop(self) -> None:
         if self.scheduler is not None:

@@ -487,16 +487,15 @@ class PoolExporter:
         import datetime
 
         from apscheduler.schedulers.background import BackgroundScheduler
-        from prometheus_client import start_http_server
+        from .exporter_listen import start_metrics_server
 
-        tls: Dict[str, str] = {"certfile": certfile, "keyfile": keyfile} if certfile else {}
-        self.server, _ = start_http_server(listen[1], addr=listen[0], registry=self.registry, **tls)
+        self.server = start_metrics_server(listen, self.registry, certfile, keyfile)
         self.scheduler = BackgroundScheduler(timezone=datetime.timezone.utc)
         self.scheduler.add_job(self.query_once, "interval", id="pool-query", seconds=self.interval, max_instances=1,
                                coalesce=True, misfire_grace_time=max(1, int(self.interval)),
                                next_run_time=datetime.datetime.now(datetime.timezone.utc))
         self.scheduler.start()
-        log.info("serving pool metrics on %s://%s:%d/metrics (collectors: %s)", "https" if tls else "http",
+        log.info("serving pool metrics on %s://%s:%d/metrics (collectors: %s)", "https" if certfile else "http",
                  listen[0], listen[1], ", ".join(self.collectors))
 
     def stop(self) -> None:
