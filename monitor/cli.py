@@ -177,24 +177,16 @@ def write_textfile(directory: str, results: Sequence[Any], verdict: Any) -> str:
 
 
 def cmd_exporter(args: argparse.Namespace) -> int:
-    from .exporter import NodeExporter, serve
+    from .exporter import NodeExporter, serve_configured
     from .state import StateDir
 
     if not args.debug:  # a daemon says when it starts and stops
         logging.getLogger().setLevel(logging.INFO)
     config = build_config(args)
-    if bool(config["EXPORTER_TLS_CERT"]) != bool(config["EXPORTER_TLS_KEY"]):
-        raise ConfigError("STARTD_HEALTH_EXPORTER_TLS_CERT and STARTD_HEALTH_EXPORTER_TLS_KEY go together: "
-                          "set both or neither")
     probes = selected_probes(config)
     exporter = NodeExporter(probes, probe_settings(config, probes), StateDir(config["STATE_DIR"]), config.condor,
                             on_demand=[name for name, cls in _probe_classes().items() if not cls.periodic])
-    try:
-        return serve(exporter, config["EXPORTER_LISTEN"], config["EXPORTER_TLS_CERT"], config["EXPORTER_TLS_KEY"])
-    except OSError as exc:
-        address, port = config["EXPORTER_LISTEN"]
-        raise ConfigError(f"STARTD_HEALTH_EXPORTER_LISTEN ({config.source('EXPORTER_LISTEN')}): cannot listen on "
-                          f"{address}:{port}: {exc.strerror or exc}") from None
+    return serve_configured(exporter, config, "EXPORTER_LISTEN")
 
 
 def cmd_check(args: argparse.Namespace) -> int:

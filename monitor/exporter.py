@@ -133,3 +133,21 @@ def serve(exporter: NodeExporter, listen: Tuple[str, int], certfile: str = "", k
     exporter.stop()
     time.sleep(0)  # let the server thread see the shutdown
     return 0
+
+
+def serve_configured(exporter: Any, config: Any, listen_knob: str) -> int:
+    """Serve an exporter on config[listen_knob] until SIGTERM. The TLS knobs go
+    together; a listen address that cannot be used is a configuration error
+    naming its knob."""
+    from .config import ConfigError
+
+    certfile, keyfile = config["EXPORTER_TLS_CERT"], config["EXPORTER_TLS_KEY"]
+    if bool(certfile) != bool(keyfile):
+        raise ConfigError("STARTD_HEALTH_EXPORTER_TLS_CERT and STARTD_HEALTH_EXPORTER_TLS_KEY go together: "
+                          "set both or neither")
+    try:
+        return serve(exporter, config[listen_knob], certfile, keyfile)
+    except OSError as exc:
+        address, port = config[listen_knob]
+        raise ConfigError(f"STARTD_HEALTH_{listen_knob} ({config.source(listen_knob)}): cannot listen on "
+                          f"{address}:{port}: {exc.strerror or exc}") from None

@@ -515,20 +515,12 @@ def run(config: Any) -> int:
     """`startd-health pool-exporter`: serve until SIGTERM (exit 0)."""
     from probes import all_probes
 
-    from .exporter import serve
+    from .exporter import serve_configured
 
     collectors = config["POOL_COLLECTORS"]
     if not collectors:
         raise ConfigError("STARTD_HEALTH_POOL_COLLECTORS is empty and HTCondor's COLLECTOR_HOST is not set: "
                           "name the collector(s) to query")
-    if bool(config["EXPORTER_TLS_CERT"]) != bool(config["EXPORTER_TLS_KEY"]):
-        raise ConfigError("STARTD_HEALTH_EXPORTER_TLS_CERT and STARTD_HEALTH_EXPORTER_TLS_KEY go together: "
-                          "set both or neither")
     exporter = PoolExporter(collectors, list(all_probes()), config["POOL_INTERVAL"], config["POOL_QUERY_TIMEOUT"],
                             config["POOL_STALE_AFTER"], config["POOL_CONSTRAINT"], config["POOL_NODE_METRICS"])
-    try:
-        return serve(exporter, config["POOL_LISTEN"], config["EXPORTER_TLS_CERT"], config["EXPORTER_TLS_KEY"])
-    except OSError as exc:
-        address, port = config["POOL_LISTEN"]
-        raise ConfigError(f"STARTD_HEALTH_POOL_LISTEN ({config.source('POOL_LISTEN')}): cannot listen on "
-                          f"{address}:{port}: {exc.strerror or exc}") from None
+    return serve_configured(exporter, config, "POOL_LISTEN")

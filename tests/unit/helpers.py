@@ -64,3 +64,17 @@ def wait_gone(pids: List[int], timeout: float = 5.0) -> List[int]:
             return []
         time.sleep(0.05)
     return pids_alive(pids)
+
+
+class FakeCondor:
+    """HTCondor's configuration as htcondor2.param would answer: for logic
+    tests only (the real bindings and condor_config_val are used end to end)."""
+
+    available = True
+    via = "test"
+
+    def __init__(self, **values):
+        self.values = values
+
+    def get(self, name):
+        return self.values.get(name)

@@ -2,21 +2,10 @@
 
 import pytest
 
-from monitor.config import (CondorParams, ConfigError, Knob, load_config, parse_bool, parse_list,
+from monitor.config import (ConfigError, Knob, load_config, parse_bool, parse_list,
                             parse_seconds)
 
-from .helpers import run_cli
-
-
-class FakeCondor(CondorParams):
-    """Stands in for htcondor2.param in logic tests (the real one is used end to end)."""
-
-    def __init__(self, values):
-        self.available = True
-        self.values = values
-
-    def get(self, name):
-        return self.values.get(name)
+from .helpers import FakeCondor, run_cli
 
 
 KNOBS = [Knob("DEADLINE", parse_seconds, 150.0, "h"), Knob("PROBES", parse_list, None, "h"),
@@ -33,7 +22,7 @@ def test_parsers():
 
 
 def test_precedence_flag_over_environment_over_condor_over_default():
-    condor = FakeCondor({"STARTD_HEALTH_DEADLINE": "60", "STARTD_HEALTH_PROBES": "container"})
+    condor = FakeCondor(STARTD_HEALTH_DEADLINE="60", STARTD_HEALTH_PROBES="container")
     config = load_config(KNOBS, {"DEADLINE": None}, condor, environ={"_CONDOR_STARTD_HEALTH_PROBES": "x y"})
     assert config["DEADLINE"] == 60 and config.source("DEADLINE") == "HTCondor config STARTD_HEALTH_DEADLINE"
     assert config["PROBES"] == ("x", "y") and config.source("PROBES") == "environment _CONDOR_STARTD_HEALTH_PROBES"
@@ -44,7 +33,7 @@ def test_precedence_flag_over_environment_over_condor_over_default():
 
 def test_invalid_value_names_knob_value_and_source():
     with pytest.raises(ConfigError) as err:
-        load_config(KNOBS, {}, FakeCondor({"STARTD_HEALTH_FLAG": "maybe"}), environ={})
+        load_config(KNOBS, {}, FakeCondor(STARTD_HEALTH_FLAG="maybe"), environ={})
     assert str(err.value) == "STARTD_HEALTH_FLAG = 'maybe' (HTCondor config STARTD_HEALTH_FLAG): expected true or false"
 
 

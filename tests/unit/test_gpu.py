@@ -14,7 +14,7 @@ from probes import all_probes
 from probes.gpu import (QUERY_ARGS, Gathered, Gpu, GpuProbe, gather, judge, no_gpu_message, parse_count,
                         parse_detected_gpus, parse_nvidia_smi_L, parse_query_gpu, parse_resource_count)
 
-from .helpers import wait_gone
+from .helpers import FakeCondor, wait_gone
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "nvidia-smi")
 # recorded file -> the exit status nvidia-smi gives with it (see data/nvidia-smi/README.md)
@@ -31,16 +31,6 @@ A100X2 = parse_query_gpu(recorded("a100x2.query.csv"))
 T4 = parse_query_gpu(recorded("t4.query.csv"))
 
 
-class FakeCondor:
-    """HTCondor's configuration as htcondor2.param would answer (logic only)."""
-
-    available = True
-
-    def __init__(self, **values):
-        self.values = values
-
-    def get(self, name):
-        return self.values.get(name)
 
 
 def settings(nvidia_smi="", condor_count=-1):

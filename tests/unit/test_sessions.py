@@ -18,7 +18,7 @@ from probes import all_probes
 from probes import sessions
 from probes.sessions import Cgroups, ForkTest, Gathered, SessionsProbe, condor_settings, gather, judge, parse_cgroups
 
-from .helpers import REPO, pids_alive, wait_gone
+from .helpers import FakeCondor, REPO, pids_alive, wait_gone
 
 
 def context(budget=20.0, condor=None):
@@ -200,14 +200,6 @@ def test_cgroups_of_this_machine_match_the_recording():
         assert os.path.isdir(here.directory), here
 
 
-class FakeCondor:
-    available = True
-
-    def __init__(self, **values):
-        self.values = values
-
-    def get(self, name):
-        return self.values.get(name)
 
 
 def test_condor_settings():

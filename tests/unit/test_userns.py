@@ -16,7 +16,7 @@ from probes import all_probes
 from probes.userns import (Account, CloneTest, Gathered, UsernsProbe, choose_account, count_subids, gather, judge,
                            parse_clone_output, parse_int)
 
-from .helpers import REPO
+from .helpers import FakeCondor, REPO
 
 # /etc/subuid as useradd writes it on Debian, plus an entry by uid and noise.
 SUBUID = """# subordinate ids
@@ -54,14 +54,6 @@ def context(user="", condor=None, budget=20.0):
     return ProbeContext("userns", {"user": user}, time.monotonic() + budget, condor=condor)
 
 
-class FakeCondor:
-    available = True
-
-    def __init__(self, **values):
-        self.values = values
-
-    def get(self, name):
-        return self.values.get(name)
 
 
 # ---------------------------------------------------------------- parsing
