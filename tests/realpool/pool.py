@@ -67,6 +67,7 @@ class RealPool:
         self.port = PORTS[variant] + (10 + sum(map(ord, instance)) % 1000 if instance else 0)
         self.env = dict(os.environ, VARIANT=variant, INSTANCE=instance)
         self.rootfs = ""
+        self._namespace: Optional[int] = None   # the pool's mount namespace (inode)
 
     # ------------------------------------------------------------ rootfs
     def build(self) -> None:
@@ -156,18 +157,35 @@ class RealPool:
         self.sh("for d in log spool lock run; do install -d -o condor -g condor -m 0755 /tmp/condor/$d; done; "
                 "install -d -m 0700 /tmp/condor/cred_dir")
         self.sh(f"set -e\n{pre_start}\nexec condor_master -pidfile {PIDFILE}")
-        self.wait_for(lambda: self.master_pid() is not None, 10, "condor_master pid file")
+        pid = self.wait_for(lambda: self.master_pid(), 10, "condor_master pid file")
+        self._namespace = os.stat(f"/proc/{pid}/ns/mnt").st_ino
 
     def stop(self) -> None:
         pid = self.master_pid()
-        if pid is None or not self.running():
+        if pid is not None and self.running():
+            os.kill(pid, signal.SIGQUIT)  # fast shutdown of the master and all its daemons
+            deadline = time.monotonic() + 20
+            while self.running() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if self.running():
+                os.kill(pid, signal.SIGKILL)
+        self._kill_namespace()
+
+    def _kill_namespace(self) -> None:
+        """Whatever still lives in the pool's mount namespace (FUSE daemons
+        such as the simulated CVMFS, a straggling starter) goes too: the
+        tests leave nothing running."""
+        if self._namespace is None:
             return
-        os.kill(pid, signal.SIGQUIT)  # fast shutdown of the master and all its daemons
-        deadline = time.monotonic() + 20
-        while self.running() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if self.running():
-            os.kill(pid, signal.SIGKILL)
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == os.getpid():
+                continue
+            try:
+                if os.stat(f"/proc/{entry}/ns/mnt").st_ino == self._namespace:
+                    os.kill(int(entry), signal.SIGKILL)
+            except OSError:
+                pass
+        self._namespace = None
 
     def reconfig(self) -> None:
         self.enter("condor_reconfig")
