@@ -29,8 +29,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -176,6 +174,7 @@ def gather(ctx) -> Gathered:
                 args = {"copies": copies, "array_mib": s["memory_array_mib"] if copies == 1
                         else max(MIN_COPY_ARRAY_MIB, s["memory_array_mib"] / copies)}
             runs[(kind, mode)] = worker(ctx, kind, args, share, threads=copies if kind == "matmul" else 1)
+    import platform   # here, not at module level: the periodic cron imports this module
     python = f"{platform.python_implementation()} {platform.python_version()}"
     return Gathered(model, cpus, fast, s["db12_passes"], draws, runs, python)
 
@@ -220,7 +219,7 @@ def judge(g: Gathered) -> ProbeResult:
         if not all(math.isfinite(x) for x in scores):
             errors.append(f"db12 {mode}: no CPU time measured")
             continue
-        db12[mode] = statistics.fmean(scores)
+        db12[mode] = sum(scores) / len(scores)
         measurements.append(Measurement("db12", round(db12[mode], 3), "score", {"mode": mode}))
         if mode == "wholenode":
             measurements.append(Measurement("db12_median", round(db12_median(scores), 3), "score", {"mode": mode}))

@@ -7,6 +7,7 @@ metric names)."""
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -265,6 +266,9 @@ def test_exporter_serves_the_cached_result_outside_the_verdict(tmp_path):
     assert info and 'cpu_model="Intel(R) Xeon(R) Processor"' in info[0] and 'python="CPython 3.13.5"' in info[0]
     names = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
     assert all(re.match(r"^[a-z_][a-z0-9_]*$", n) for n in names)
+    if shutil.which("promtool"):   # Prometheus' own linter, when installed (./dev test installs it)
+        lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+        assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
 def test_the_periodic_path_never_imports_numpy(cli_env):
