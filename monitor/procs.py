@@ -17,13 +17,14 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence, Tuple
 
 log = logging.getLogger(__name__)
 
 KILL_GRACE_SECONDS = 1.0      # between SIGTERM and SIGKILL (NHC waits 1-3 s)
 REAP_WAIT_SECONDS = 1.0       # after SIGKILL, before a child is abandoned
 MAX_OUTPUT_BYTES = 256 * 1024  # what we keep of a command's stdout/stderr
+POLL_SECONDS = 0.5            # how often a running command is checked for having exited
 
 
 @dataclass(frozen=True)
@@ -116,15 +117,27 @@ def run_command(
     if on_start:
         on_start(pgid)
     try:
-        try:
-            out, err = proc.communicate(timeout=max(0.0, timeout))
+        deadline = start + max(0.0, timeout)
+        while True:
+            try:
+                # In slices: a command can exit while a child it left behind
+                # still holds its pipes open, and EOF would then never come.
+                out, err = proc.communicate(timeout=max(0.0, min(POLL_SECONDS, deadline - time.monotonic())))
+                break
+            except subprocess.TimeoutExpired:
+                if proc.poll() is not None:   # the command itself is done: the rest is leftovers
+                    kill_group(pgid, signal.SIGKILL)
+                    out, err = _collect(proc)
+                    break
+                if time.monotonic() >= deadline:
+                    out = err = None
+                    break
+        if out is not None or proc.returncode is not None:
             # The group is ours alone: whatever the command left running in it
             # (a daemonised helper, a forgotten background job) goes too.
             kill_group(pgid, signal.SIGKILL)
             return CommandResult(argv, proc.returncode, _decode(out), _decode(err), time.monotonic() - start,
                                  pid=pgid)
-        except subprocess.TimeoutExpired:
-            pass
         log.debug("timeout after %.1fs, terminating process group %d: %s", timeout, pgid, argv)
         kill_group(pgid, signal.SIGTERM)
         out = err = b""
@@ -149,6 +162,16 @@ def run_command(
             _live_groups.discard(pgid)
         if on_end:
             on_end(pgid)
+
+
+def _collect(proc: subprocess.Popen) -> Tuple[bytes, bytes]:
+    """What an exited command wrote, without waiting on pipes that a child
+    (killed, but maybe unkillable) may still hold."""
+    try:
+        return proc.communicate(timeout=REAP_WAIT_SECONDS)
+    except subprocess.TimeoutExpired:
+        _abandon(proc)
+        return b"", b""
 
 
 def _abandon(proc: subprocess.Popen) -> None:

@@ -42,8 +42,7 @@ squashfuse -o allow_other,fsname=cvmfs2 /opt/cvmfs-sim/repo.sqfs /cvmfs/{REPO}
 """
 SNIPPETS = {"mix": ("50-startd-health.conf", "53-startd-health-hook.conf"),
             "sid": ("50-startd-health.conf", "51-startd-health-healthexprs.conf", "53-startd-health-hook.conf")}
-ENTRY_POINTS = ("STARTD_HEALTH_CRON = /opt/startd-health/venv/bin/startd-health-cron\n"
-                "STARTD_HEALTH_HOOK = /opt/startd-health/venv/bin/startd-health\n")
+ENTRY_POINTS = "STARTD_HEALTH_CRON = /opt/startd-health/venv/bin/startd-health-cron\n"
 
 
 def pytest_collection_modifyitems(config, items):

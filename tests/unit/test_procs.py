@@ -61,3 +61,12 @@ def test_children_left_behind_by_a_finished_command_are_killed(tmp_path):
     result = run_command(["/bin/sh", "-c", f"sleep 300 >/dev/null 2>&1 & echo $! > {pidfile}; echo done"], timeout=5)
     assert result.ok and result.stdout == "done\n"
     assert wait_gone([int(pidfile.read_text())]) == []
+
+
+def test_a_command_that_exited_is_done_even_if_a_child_holds_its_stdout(tmp_path):
+    pidfile = tmp_path / "pid"
+    t0 = time.monotonic()
+    result = run_command(["/bin/sh", "-c", f"sleep 300 & echo $! > {pidfile}; echo done"], timeout=20)
+    assert result.ok and not result.timed_out and result.stdout == "done\n"
+    assert time.monotonic() - t0 < 2.0  # noticed within a poll slice, not after the 20 s timeout
+    assert wait_gone([int(pidfile.read_text())]) == []
