@@ -169,6 +169,9 @@ class Gathered:
     condor_count: int = -1            # GPUs HTCondor detects; -1 unknown
     condor_source: str = ""           # where condor_count came from
     condor_error: str = ""            # HTCondor's discovery failed (why)
+    nv_image: str = ""                # image launched with --nv ("" not tried)
+    nv_count: int = -1                # GPUs `nvidia-smi -L` lists inside it
+    nv_error: str = ""                # why the --nv launch failed
 
 
 def count_pci_gpus(path: str) -> int:
@@ -270,7 +273,31 @@ def gather(ctx, root: str = "/") -> Gathered:
         return Gathered(**hardware, smi_path=smi, smi_error=smi_error, smi_says_no_gpu=says_no_gpu)
     count, source, condor_error = condor_view(ctx)
     return Gathered(**hardware, smi_path=smi, smi_error=smi_error, smi_says_no_gpu=says_no_gpu, gpus=gpus,
-                    condor_count=count, condor_source=source, condor_error=condor_error)
+                    condor_count=count, condor_source=source, condor_error=condor_error, **nv_launch(ctx))
+
+
+NV_TIMEOUT = 30.0
+
+
+def nv_launch(ctx) -> dict:
+    """HTCondor adds --nv for GPU jobs but never tests it: launch the site's
+    image with --nv and count the GPUs nvidia-smi sees inside."""
+    images = ctx.settings.get("container_images") or ()
+    image = ctx.settings.get("nv_image") or (images[0].partition("=")[2] if images else "")
+    if not image:
+        return {}
+    from .container import find_runtime
+
+    class RuntimeSettings:   # find_runtime reads the container probe's knobs
+        settings = {"runtime": ctx.settings.get("container_runtime", ""), "module": ""}
+        condor = ctx.condor
+    runtime, error = find_runtime(RuntimeSettings)
+    if runtime is None:
+        return {"nv_image": image, "nv_error": error}
+    result = ctx.run([runtime.path, "exec", "--nv", image, "nvidia-smi", "-L"], timeout=NV_TIMEOUT)
+    if not result.ok:
+        return {"nv_image": image, "nv_error": result.describe_failure()}
+    return {"nv_image": image, "nv_count": len(parse_nvidia_smi_L(result.stdout))}
 
 
 # ---------------------------------------------------------------- judge
@@ -333,6 +360,15 @@ def judge(g: Gathered) -> ProbeResult:
         what = f"{count} NVIDIA device node(s), no nvidia-smi (driver not checked)"
         if g.pci_devices > count:
             problems.append(f"{g.pci_devices} NVIDIA GPUs on the PCI bus")
+    if g.nv_image:
+        facts.update(nv_image=g.nv_image, nv_count=g.nv_count)
+        if g.nv_error:   # GPU jobs in containers would fail here
+            return ProbeResult("gpu", Status.FAILED, f"{what}; exec --nv {g.nv_image} failed: {g.nv_error}",
+                               facts, measurements)
+        if g.nv_count != count:
+            problems.append(f"exec --nv {g.nv_image} sees {g.nv_count}")
+        else:
+            what += f"; all {count} visible with --nv"
     if g.condor_error:
         problems.append(f"HTCondor's GPU discovery ({g.condor_source}) failed: {g.condor_error}")
     elif g.condor_count >= 0 and g.condor_count != count:
@@ -359,7 +395,10 @@ class GpuProbe(Probe):
                    "what HTCondor detects; skipped on nodes without a GPU")
     default_period = 300.0
     default_timeout = 60.0
+    shared_knobs = ("CONTAINER_IMAGES", "CONTAINER_RUNTIME")
     knobs = (
+        Knob("GPU_NV_IMAGE", parse_string, "", "image launched with --nv on nodes with GPUs to count the GPUs "
+             "inside (default: the first of STARTD_HEALTH_CONTAINER_IMAGES; none: not tested)", "PATH"),
         Knob("GPU_NVIDIA_SMI", parse_string, "", "nvidia-smi to run (path or name); default: nvidia-smi from PATH "
              "(or /usr/bin, /usr/local/bin)", "PATH"),
         Knob("GPU_CONDOR_COUNT", parse_count, -1, "number of GPUs HTCondor should detect here; default (-1): "

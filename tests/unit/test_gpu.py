@@ -93,7 +93,8 @@ def gpu_tree(tmp_path, pci=2, nodes=2, passthrough=0, render=0):
 def test_registered_with_its_knobs():
     probe = all_probes()["gpu"]
     assert probe is GpuProbe and probe.enabled_by_default
-    assert [k.name for k in probe.knobs] == ["GPU_NVIDIA_SMI", "GPU_CONDOR_COUNT"]
+    assert [k.name for k in probe.knobs] == ["GPU_NV_IMAGE", "GPU_NVIDIA_SMI", "GPU_CONDOR_COUNT"]
+    assert probe.shared_knobs == ("CONTAINER_IMAGES", "CONTAINER_RUNTIME")
 
 
 def test_parse_count():
@@ -309,3 +310,41 @@ def test_hanging_nvidia_smi_under_the_runner(tmp_path):
     assert result.status is Status.FAILED and "timed out" in result.reason, result
     assert elapsed < 1.0 + 1.0 + 1.0 + 1.0, elapsed   # budget, TERM grace, KILL, slack
     assert wait_gone([int(pidfile.read_text())]) == []
+
+
+def nv_runtime(tmp_path, listing=None, fail=""):
+    """A runtime stand-in: `exec --nv IMAGE nvidia-smi -L` prints a recorded listing (no GPU here: simulated)."""
+    body = 'if [ "$1" = --version ]; then echo "apptainer version 1.4.5"; exit 0; fi\n'
+    body += '[ "$2" = --nv ] || { echo "no --nv: $*" >&2; exit 2; }\n'
+    body += f'echo "{fail}" >&2; exit 255\n' if fail else f"cat '{os.path.join(DATA, listing)}'\n"
+    return script(tmp_path / "apptainer", body)
+
+
+def nv_context(tmp_path, runtime, images=("el9=/img/el9.sif",)):
+    ctx = context(nvidia_smi=fake_smi(tmp_path, "a100x2.query.csv"), condor_count=2)
+    ctx.settings = dict(ctx.settings, container_images=images, container_runtime=runtime, nv_image="")
+    return ctx
+
+
+def test_nv_launch_sees_every_gpu(tmp_path):
+    r = judge(gather(nv_context(tmp_path, nv_runtime(tmp_path, "a100x2.L.txt")), root=gpu_tree(tmp_path)))
+    assert r.status is Status.OK and r.facts["nv_count"] == 2 and r.facts["nv_image"] == "/img/el9.sif"
+    assert "all 2 visible with --nv" in r.reason
+
+
+def test_nv_launch_seeing_fewer_gpus_is_degraded(tmp_path):
+    r = judge(gather(nv_context(tmp_path, nv_runtime(tmp_path, "t4.L.txt")), root=gpu_tree(tmp_path)))
+    assert r.status is Status.DEGRADED and "exec --nv /img/el9.sif sees 1" in r.reason
+
+
+def test_failed_nv_launch_fails_the_gpu_probe(tmp_path):
+    runtime = nv_runtime(tmp_path, fail="FATAL: could not find libnvidia-ml.so")
+    r = judge(gather(nv_context(tmp_path, runtime), root=gpu_tree(tmp_path)))
+    assert r.status is Status.FAILED and "exec --nv /img/el9.sif failed" in r.reason
+    assert "libnvidia-ml.so" in r.reason
+
+
+def test_no_image_means_no_nv_launch(tmp_path):
+    r = judge(gather(nv_context(tmp_path, nv_runtime(tmp_path, fail="must not run"), images=()),
+                     root=gpu_tree(tmp_path)))
+    assert r.status is Status.OK and "nv_image" not in r.facts
