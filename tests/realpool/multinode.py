@@ -14,7 +14,7 @@ keeps identical on every node:
   exactly as on a separate machine; the master and schedd see an empty file.
 - ``/opt/site``: the node's site directory: ``images/site.sif`` (the image
   jobs use), ``bin/apptainer`` (HTCondor's SINGULARITY: a wrapper around the
-  real Apptainer that fault flags can break), ``bin/nvidia-smi`` (GPU nodes:
+  real Apptainer that fault flags can break), ``nvidia/bin/nvidia-smi`` (GPU nodes:
   a simulated one) and ``fault/`` (the flags).
 - ``/cvmfs/oasis.opensciencegrid.org``: a SIMULATED CVMFS repository (a
   squashfs image with the user.* attributes of a CVMFS mount, served through
@@ -44,8 +44,9 @@ userns_refused            the runtime runs under a seccomp filter that makes the
                           kernel refuse CLONE_NEWUSER with EPERM (what Docker's default
                           profile does to a node running in a container): a REAL refusal
                           for the runtime; other processes on the node are unaffected
-gpu_nv_broken             SIMULATED (no GPU here): the node's nvidia-smi says it cannot
-                          talk to the driver and the runtime fails every ``--nv`` launch
+gpu_nv_broken             SIMULATED (no GPU here): the node's nvidia-smi still lists its
+                          GPU, but every ``--nv`` launch fails as when the container
+                          side of the driver (libnvidia-container) is broken
 ========================  ===========================================================
 
 Everything is undone by stop(): the pool is stopped and every FUSE mount
@@ -71,7 +72,8 @@ REPO = "oasis.opensciencegrid.org"
 SITE = "/opt/site"                      # same path on every node, its own content per node
 IMAGE = SITE + "/images/site.sif"
 RUNTIME = SITE + "/bin/apptainer"       # HTCondor's SINGULARITY on every node
-NVIDIA_SMI = SITE + "/bin/nvidia-smi"
+NVIDIA_BIN = SITE + "/nvidia/bin"         # GPU nodes: the (simulated) driver's tools
+NVIDIA_SMI = NVIDIA_BIN + "/nvidia-smi"
 FAULT_DIR = SITE + "/fault"
 NODES_DIR = "/srv/faults"               # per-node sources of the bind mounts, in the pool's namespace
 PRISTINE_IMAGE = NODES_DIR + "/site.sif"
@@ -91,7 +93,7 @@ FAULT_HOW = {
     "runtime_hang": "runtime wrapper: --version answers, every other call blocks until repaired",
     "runtime_absent": "real: HTCondor's SINGULARITY (the node's runtime wrapper) renamed away",
     "userns_refused": "real kernel refusal (seccomp: CLONE_NEWUSER -> EPERM) for the runtime only",
-    "gpu_nv_broken": "SIMULATED (no GPU): nvidia-smi cannot talk to the driver, --nv launches exit 255",
+    "gpu_nv_broken": "SIMULATED (no GPU): nvidia-smi on the node still works, every --nv launch exits 255",
 }
 
 # The master runs this as STARTD_NODE<i> with "-local-name NODE<i>"; it
@@ -124,30 +126,39 @@ fi
 if [ -e $F/gpu_nv_broken ]; then
   for a in "$@"; do
     if [ "$a" = --nv ]; then
-      echo "FATAL:   container creation failed: nvidia-container-cli: initialization error: nvml error: driver not loaded" >&2
+      echo "FATAL:   container creation failed: nvidia-container-cli: initialization error: load library failed: libnvidia-ml.so.1: cannot open shared object file: no such file or directory" >&2
       exit 255
     fi
   done
 fi
+# GPU nodes: Apptainer's --nv binds the driver's tools it finds in PATH.
+if [ -d {NVIDIA_BIN} ]; then PATH={NVIDIA_BIN}:$PATH; export PATH; fi
 if [ -e $F/userns_refused ]; then
   exec /usr/bin/python3 {BIN}/no-userns /usr/bin/apptainer "$@"
 fi
 exec /usr/bin/apptainer "$@"
 """
 
-# A simulated nvidia-smi for GPU nodes (the GPU probe runs the --query-gpu form).
-NVIDIA_SMI_SIM = f"""#!/bin/sh
-# SIMULATED nvidia-smi (there is no GPU here): one A100, or a driver that does not answer
-if [ -e {FAULT_DIR}/gpu_nv_broken ]; then
-  echo "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. Make sure that the latest NVIDIA driver is installed and running."
-  exit 9
-fi
+# A simulated nvidia-smi for GPU nodes: the GPU probe runs the --query-gpu form on
+# the node and `nvidia-smi -L` inside the image (where --nv binds this script).
+def nvidia_smi_sim(gpus: int) -> str:
+    query = "\n".join(f"{i}, NVIDIA A100-SXM4-40GB, {gpu_uuid(i)}, 550.54.15, 40960" for i in range(gpus))
+    listing = "\n".join(f"GPU {i}: NVIDIA A100-SXM4-40GB (UUID: {gpu_uuid(i)})" for i in range(gpus))
+    return f"""#!/bin/sh
+# SIMULATED nvidia-smi (there is no GPU here): {gpus} A100
 case "$*" in
-  *--query-gpu*) echo "0, NVIDIA A100-SXM4-40GB, GPU-5e1c9a7e-0000-4000-8000-00000000a100, 550.54.15, 40960" ;;
-  *-L*) echo "GPU 0: NVIDIA A100-SXM4-40GB (UUID: GPU-5e1c9a7e-0000-4000-8000-00000000a100)" ;;
+  *--query-gpu*) cat <<'EOF'
+{query}
+EOF
+  ;;
+  *-L*) cat <<'EOF'
+{listing}
+EOF
+  ;;
   *) echo "simulated nvidia-smi" ;;
 esac
 """
+
 
 # Exec a command under a seccomp filter that refuses user namespaces: unshare()
 # and clone() with CLONE_NEWUSER get EPERM, clone3() gets ENOSYS (callers fall
@@ -265,13 +276,13 @@ class MultiNodePool:
     def _prepare_node(self, node: NodeSpec) -> None:
         d = self.node_dir(node.name)
         site = d + "/site"
-        for sub in ("images", "bin", "fault"):
+        for sub in ("images", "bin", "fault") + (("nvidia/bin",) if node.gpus else ()):
             os.makedirs(self.host(f"{site}/{sub}"), exist_ok=True)
         shutil.copyfile(self.host(PRISTINE_IMAGE), self.host(f"{site}/images/site.sif"))
         os.chmod(self.host(f"{site}/images/site.sif"), 0o644)
         self.pool.write(f"{site}/bin/apptainer", RUNTIME_WRAPPER, 0o755)
         if node.gpus:
-            self.pool.write(f"{site}/bin/nvidia-smi", NVIDIA_SMI_SIM, 0o755)
+            self.pool.write(f"{site}/nvidia/bin/nvidia-smi", nvidia_smi_sim(node.gpus), 0o755)
             for i in range(node.gpus):
                 fn = f"{d}/pci/0000:{0x3b + i:02x}:00.0"
                 self.pool.write(f"{fn}/vendor", "0x10de\n")
@@ -519,7 +530,7 @@ class MultiNodePool:
 
 
 def gpu_uuid(index: int) -> str:
-    """The simulated GPU's id (as condor_gpu_discovery -short-uuid names a real one)."""
+    """The simulated GPU's id (the form condor_gpu_discovery -short-uuid gives a real one)."""
     return f"GPU-5e1c9a{index:02x}"
 
 
