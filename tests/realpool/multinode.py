@@ -20,7 +20,7 @@ keeps identical on every node:
   squashfs image with the user.* attributes of a CVMFS mount, served through
   real FUSE by squashfuse with the source name cvmfs2), mounted in the
   node's namespace only, so that one node can lose it.
-- GPU nodes: ``/sys/bus/pci/devices`` shows one SIMULATED NVIDIA function.
+- GPU nodes: ``/sys/bus/pci/devices`` shows one SIMULATED NVIDIA function per GPU.
 
 Faults (inject/repair from the host, at any time while the pool runs):
 
