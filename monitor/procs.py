@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -57,10 +58,16 @@ class CommandResult:
         return f"{name} {code}" + (f": {detail}" if detail else "")
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
 def last_line(text: str) -> str:
+    """The last line that says something (Apptainer colours its messages and
+    may end with a bare colour reset, which must not hide the real error)."""
     for line in reversed(text.strip().splitlines()):
-        if line.strip():
-            return line.strip()
+        line = _ANSI.sub("", line).strip()
+        if line:
+            return line
     return ""
 
 

@@ -62,6 +62,7 @@ class StateDir:
             os.makedirs(self.locks_dir, mode=0o755, exist_ok=True)
         except OSError as exc:
             raise StateError(f"state directory {self.path}: {_describe(exc)}") from None
+        self._remove_stale_temporaries()
         if created and os.geteuid() == 0:
             # root running us by hand must not leave a directory the condor
             # user's cron job cannot write: hand it to the parent's owner.
@@ -71,6 +72,18 @@ class StateDir:
                     os.chown(directory, parent.st_uid, parent.st_gid)
                 except OSError:
                     pass
+
+    def _remove_stale_temporaries(self, older_than: float = 600.0) -> None:
+        """A run killed between writing a temporary file and renaming it leaves
+        the temporary behind (the result itself is intact); clear old ones."""
+        cutoff = time.time() - older_than
+        try:
+            for name in os.listdir(self.results_dir):
+                path = os.path.join(self.results_dir, name)
+                if name.startswith(".") and name.endswith(".tmp") and os.stat(path).st_mtime < cutoff:
+                    os.unlink(path)
+        except OSError:
+            pass
 
     def _result_path(self, probe: str) -> str:
         return os.path.join(self.results_dir, probe + ".json")

@@ -105,9 +105,15 @@ def find_runtime(ctx) -> Tuple[Optional[Runtime], str]:
     if module_command:
         return runtime_from_module(ctx, module_command)
     condor_path = ctx.condor.get("SINGULARITY") if ctx.condor is not None else None
-    if condor_path and os.path.isabs(condor_path) and os.access(condor_path, os.X_OK) and not os.path.isdir(condor_path):
-        return Runtime(condor_path, "HTCondor SINGULARITY"), ""
-    for name in RUNTIME_NAMES:
+    if condor_path:
+        # What the starter will run: test exactly that. A look-alike from PATH
+        # would keep a node "healthy" whose configured runtime is gone
+        # (measured in benchmarks/fault_experiment.py: 34 jobs landed there).
+        path = condor_path if os.path.isabs(condor_path) else shutil.which(condor_path)
+        if path and os.access(path, os.X_OK) and not os.path.isdir(path):
+            return Runtime(path, "HTCondor SINGULARITY"), ""
+        return None, f"HTCondor's SINGULARITY ({condor_path}) is not an executable"
+    for name in RUNTIME_NAMES:   # no HTCondor configuration: what a job would find
         path = shutil.which(name)
         if path:
             return Runtime(path, "PATH"), ""

@@ -199,3 +199,16 @@ def test_condor_default_image_is_added_to_the_launches(tmp_path):
     assert images_to_test(ctx) == (("el9", "/opt/el9.sif"), ("condor_default", "/cvmfs/x/el9:latest"))
     ctx.settings = dict(ctx.settings, condor_image=False)
     assert images_to_test(ctx) == (("el9", "/opt/el9.sif"),)
+
+
+def test_htcondors_singularity_is_what_gets_tested_never_a_look_alike(tmp_path):
+    from .helpers import FakeCondor
+    rt = fake_runtime(tmp_path, "echo 'apptainer version 9.9'; exit 0", 'while [ "$1" != /bin/sh ]; do shift; done; exec "$@"')
+    ctx = ctx_for("", images=())
+    ctx.condor = FakeCondor(SINGULARITY=rt)
+    r = judge(gather(ctx))
+    assert r.status is Status.OK and r.facts["path"] == rt
+    ctx = ctx_for("", images=())
+    ctx.condor = FakeCondor(SINGULARITY=str(tmp_path / "gone" / "apptainer"))
+    r = judge(gather(ctx))   # even if an apptainer is on PATH, the starter's one is gone
+    assert r.status is Status.FAILED and r.reason == f"HTCondor's SINGULARITY ({tmp_path}/gone/apptainer) is not an executable"

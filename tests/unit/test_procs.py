@@ -70,3 +70,9 @@ def test_a_command_that_exited_is_done_even_if_a_child_holds_its_stdout(tmp_path
     assert result.ok and not result.timed_out and result.stdout == "done\n"
     assert time.monotonic() - t0 < 2.0  # noticed within a poll slice, not after the 20 s timeout
     assert wait_gone([int(pidfile.read_text())]) == []
+
+
+def test_colour_codes_do_not_hide_the_error():
+    result = run_command(["/bin/sh", "-c", r"printf '\033[31mFATAL:\033[0m Failed to create user namespace\n\033[0m\n' >&2;"
+                                           " exit 1"], timeout=5)
+    assert result.describe_failure() == "sh exit 1: FATAL: Failed to create user namespace"

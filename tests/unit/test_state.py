@@ -31,3 +31,15 @@ def test_lock_is_exclusive_per_probe_and_released(tmp_path):
         assert first.try_acquire() and not second.acquire(0.1) and other.try_acquire()
     with state.lock("a") as again:
         assert again.try_acquire()
+
+
+def test_old_temporaries_of_killed_writes_are_cleared(tmp_path):
+    state = StateDir(str(tmp_path))
+    state.ensure()
+    old = tmp_path / "results" / ".container.json.abc.tmp"
+    young = tmp_path / "results" / ".container.json.def.tmp"
+    old.write_text("{")
+    young.write_text("{")
+    os.utime(old, (0, 0))
+    state.ensure()
+    assert not old.exists() and young.exists()  # a young one may belong to a write in progress
