@@ -192,9 +192,9 @@ def node_dashboard() -> dict:
 
 # ---------------------------------------------------------------- pool dashboard
 
-BENCHMARKS = (  # (metric, title, unit); benchmark probes are issue 4
-    ("startd_health_benchmark_db12", "DB12 score by CPU model", "none"),
-    ("startd_health_benchmark_matmul_flops", "numpy matmul by CPU model", "flops"),
+BENCHMARKS = (  # (metric, title, unit): whole-node figures from the node exporters
+    ("startd_health_benchmarks_db12_score", "DB12 score by CPU model", "none"),
+    ("startd_health_benchmarks_matmul_flops", "numpy matmul by CPU model", "flops"),
 )
 
 
@@ -256,8 +256,10 @@ def pool_dashboard() -> dict:
                          'state="failed"})', "{{image}}"), w=24),
         ]),
         ("Benchmarks", [
-            bars(title, unit, f"Mean of {metric} per CPU model (from the benchmark probes).",
-                 query(f"avg by (cpu_model) ({metric})", "{{cpu_model}}", instant=True))
+            bars(title, unit, f"Mean whole-node {metric} per CPU model (node exporters; the CPU model comes "
+                              "from startd_health_benchmarks_info).",
+                 query(f'avg by (cpu_model) ({metric}{{mode="wholenode"}} * on (instance, job) '
+                       "group_left (cpu_model) startd_health_benchmarks_info)", "{{cpu_model}}", instant=True))
             for metric, title, unit in BENCHMARKS
         ]),
         ("Pool exporter", [

@@ -124,11 +124,15 @@ def test_rate_and_increase_use_rate_interval():
                 assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), expr
 
 
-def test_benchmark_panels_name_the_future_metrics_per_cpu_model():
+def test_benchmark_panels_take_the_cpu_model_from_the_info_metric():
+    """The benchmark probe publishes scores by mode and the CPU model in startd_health_benchmarks_info."""
     pool = dict(dashboards())["startd-health-pool.json"]
     exprs = [t["expr"] for p in pool["panels"] for t in p.get("targets", [])]
-    bench = [e for e in exprs if "startd_health_benchmark_" in e]
-    assert bench and all(re.search(r"by \(cpu_model\) \(startd_health_benchmark_[a-z0-9_]+\)", e) for e in bench)
+    bench = [e for e in exprs if "startd_health_benchmarks_" in e]
+    assert len(bench) == 2
+    for expr in bench:
+        assert re.search(r'^avg by \(cpu_model\) \(startd_health_benchmarks_[a-z0-9_]+\{mode="wholenode"\} \* on '
+                         r'\(instance, job\) group_left \(cpu_model\) startd_health_benchmarks_info\)$', expr), expr
 
 
 def test_generated_dashboards_are_up_to_date():
