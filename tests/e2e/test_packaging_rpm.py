@@ -56,6 +56,7 @@ def test_rpm_contents(rpm):
     files = rpm_query(rpm, "-l").split()
     for expected in ("/etc/condor/config.d/50-startd-health.conf", "/usr/bin/startd-health",
                      "/usr/bin/startd-health-cron", "/usr/lib/systemd/system/startd-health-exporter.service",
+                     "/usr/lib/systemd/system/startd-health-pool-exporter.service",
                      "/usr/share/startd-health/condor/51-startd-health-healthexprs.conf"):
         assert expected in files, expected
     assert any(f.endswith("/site-packages/monitor/cli.py") for f in files)
@@ -71,7 +72,8 @@ def test_rpm_requires_el_packages(rpm):
         assert package in requires, package
 
 
-def test_systemd_unit_verifies_against_the_rpm_files(rpm, tmp_path):
+@pytest.mark.parametrize("unit", ["startd-health-exporter.service", "startd-health-pool-exporter.service"])
+def test_systemd_unit_verifies_against_the_rpm_files(rpm, tmp_path, unit):
     need("systemd-analyze")
     root = tmp_path / "root"
     root.mkdir()
@@ -86,7 +88,6 @@ def test_systemd_unit_verifies_against_the_rpm_files(rpm, tmp_path):
     (root / "etc").mkdir(exist_ok=True)
     with open(root / "etc" / "passwd", "w") as handle:  # the condor user the unit runs as
         handle.write("root:x:0:0::/root:/bin/sh\ncondor:x:64:64::/var/lib/condor:/sbin/nologin\n")
-    proc = subprocess.run(["systemd-analyze", "verify", f"--root={root}",
-                           "/usr/lib/systemd/system/startd-health-exporter.service"],
+    proc = subprocess.run(["systemd-analyze", "verify", f"--root={root}", f"/usr/lib/systemd/system/{unit}"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and not (proc.stdout + proc.stderr).strip(), proc.stdout + proc.stderr
