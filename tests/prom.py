@@ -13,6 +13,8 @@ import urllib.parse
 import urllib.request
 from typing import Any, Dict, List, Optional, Sequence
 
+from tests.waiting import wait_until
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -87,20 +89,11 @@ class Prometheus:
         return bool(self.query("up == 1")) and not self.query("up == 0")
 
     def wait(self, predicate, timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
+        def alive_and(predicate=predicate):
             if self.proc.poll() is not None:
-                raise AssertionError(f"prometheus exited {self.proc.returncode}: "
-                                     f"{open(self.log.name).read()[-2000:]}")
-            try:
-                last = predicate()
-            except AssertionError as exc:
-                last = exc
-            if last and not isinstance(last, Exception):
-                return last
-            time.sleep(0.5)
-        raise AssertionError(f"timed out waiting for {what}: {last!r}")
+                raise RuntimeError(f"prometheus exited {self.proc.returncode}: {open(self.log.name).read()[-2000:]}")
+            return predicate()
+        return wait_until(alive_and, timeout, what)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -20,10 +20,24 @@ pytestmark = pytest.mark.e2e
 HOME = "/home/tester/pilot"
 
 
+def stop_master(pool):
+    try:
+        pid = int(open(pool.path(f"{HOME}/local/master.pid")).read())
+        os.kill(pid, signal.SIGQUIT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            os.kill(pid, 0)
+            time.sleep(0.2)
+        os.kill(pid, signal.SIGKILL)
+    except (OSError, ValueError):
+        pass
+
+
 @pytest.fixture(scope="module")
 def pilot():
     pool = RealPool("mix", instance="pilot")
     pool.build()
+    stop_master(pool)   # one an interrupted run left (its pid file is about to go)
     pool.sh(f"rm -rf {HOME} && install -d -o tester -g tester {HOME}")
     build(pool.path(f"{HOME}/startd-health.pyz"))
     config = f"""\
@@ -51,6 +65,10 @@ STARTD_CRON_STARTD_HEALTH_EXECUTABLE = /usr/bin/python3
 STARTD_CRON_STARTD_HEALTH_ARGS = -S {HOME}/startd-health.pyz
 STARTD_CRON_STARTD_HEALTH_PERIOD = 5
 STARTD_CRON_STARTD_HEALTH_MODE = Periodic
+# A glidein points HTCondor at the runtime it found (HTCondor's default,
+# $(LIBEXEC)/apptainer, does not exist here: the startd then has no
+# HasSingularity and the container probe rightly fails).
+SINGULARITY = /usr/bin/apptainer
 STARTD_HEALTH_CONTAINER_IMAGES = sif=/opt/containers/test.sif
 STARTD_HEALTH_CONTAINER_REQUIREMENT = REQUIRED
 """
@@ -62,16 +80,7 @@ STARTD_HEALTH_CONTAINER_REQUIREMENT = REQUIRED
     try:
         yield pool
     finally:
-        try:
-            pid = int(open(pool.path(f"{HOME}/local/master.pid")).read())
-            os.kill(pid, signal.SIGQUIT)
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                os.kill(pid, 0)
-                time.sleep(0.2)
-            os.kill(pid, signal.SIGKILL)
-        except (OSError, ValueError):
-            pass
+        stop_master(pool)
 
 
 def test_unprivileged_startd_publishes_from_the_zipapp(pilot):

@@ -32,6 +32,8 @@ from tests.realpool.pool import INSTALL, RealPool
 from tests.unit.helpers import REPO
 
 from .conftest import CRON_PERIOD
+from tests.waiting import wait_until
+
 from .no_data_allowlist import ALLOWED_EMPTY
 
 pytestmark = pytest.mark.e2e
@@ -127,17 +129,7 @@ def samples(text):
 
 
 def wait(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-        except OSError as exc:
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}: {last!r}")
+    return wait_until(predicate, timeout, what, interval=0.3)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,8 @@ import subprocess
 import time
 from typing import Any, Callable, Dict, List, Optional
 
+from tests.waiting import wait_until
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 ROOTFS_SH = os.path.join(HERE, "rootfs.sh")
@@ -191,18 +193,11 @@ class RealPool:
         self.enter("condor_reconfig")
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        while time.monotonic() < deadline:
-            try:
-                last = predicate()
-            except (PoolError, subprocess.TimeoutExpired) as exc:
-                last = exc
-            if last and not isinstance(last, Exception):
-                return last
-            time.sleep(interval)
-        raise PoolError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r}); "
-                        f"StartLog tail:\n{self.log_tail('StartLog')}")
+        try:
+            return wait_until(predicate, timeout, what, interval, tolerate=(PoolError, subprocess.TimeoutExpired),
+                              describe=lambda: f"StartLog tail:\n{self.log_tail('StartLog')}")
+        except AssertionError as exc:
+            raise PoolError(str(exc)) from None
 
     def log_tail(self, name: str, lines: int = 40) -> str:
         try:
