@@ -78,3 +78,25 @@ class FakeCondor:
 
     def get(self, name):
         return self.values.get(name)
+
+
+def run_probe_as_nobody(probe: str, settings: dict, extra: str = "") -> dict:
+    """Run a probe's gather/judge as uid 65534 with the system Python, as a
+    STARTD_CRON job runs (not root); returns status, reason, facts (+ extra,
+    a Python expression over g and r, under the key "extra")."""
+    import json
+    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+    code = ("import json, os, time\n"
+            "from monitor.runner import ProbeContext\n"
+            f"from probes.{probe} import gather, judge\n"
+            f"g = gather(ProbeContext({probe!r}, {settings!r}, time.monotonic() + 20))\n"
+            "r = judge(g)\n"
+            "print(json.dumps({'status': r.status.value, 'reason': r.reason, 'facts': dict(r.facts), "
+            f"'uid': os.getuid(), 'extra': {extra or 'None'}}}))\n")
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, "-c", code],
+                          cwd="/", env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": REPO},
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["uid"] == 65534
+    return out

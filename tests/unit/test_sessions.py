@@ -3,7 +3,6 @@ kill, cleanup of every test process, also when the test is abandoned), cgroup
 parsing on recorded /proc texts, pid namespaces as root and as an
 unprivileged user, and the judgement."""
 
-import json
 import os
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ from probes import all_probes
 from probes import sessions
 from probes.sessions import Cgroups, ForkTest, Gathered, SessionsProbe, condor_settings, gather, judge, parse_cgroups
 
-from .helpers import FakeCondor, REPO, pids_alive, wait_gone
+from .helpers import FakeCondor, run_probe_as_nobody, REPO, pids_alive, wait_gone
 
 
 def context(budget=20.0, condor=None):
@@ -76,20 +75,9 @@ def test_test_processes_exit_by_themselves_when_the_supervisor_is_gone(monkeypat
 def test_gather_as_an_unprivileged_user():
     """As a STARTD_CRON job runs: not root. The system Python (no os.unshare
     before 3.12, whatever this one is) and the user-namespace pid check."""
-    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-    code = ("import json, time\n"
-            "from monitor.runner import ProbeContext\n"
-            "from probes.sessions import gather, judge\n"
-            "g = gather(ProbeContext('sessions', {}, time.monotonic() + 20))\n"
-            "r = judge(g)\n"
-            "print(json.dumps({'status': r.status.value, 'facts': dict(r.facts), 'how': g.pid_namespace_check,"
-            " 'pids': g.fork.pids, 'uid': __import__('os').getuid()}))\n")
-    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, "-c", code],
-                          cwd="/", env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": REPO},
-                          capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
-    assert out["uid"] == 65534 and out["how"] == "unshare --user --pid"
+    out = run_probe_as_nobody("sessions", {}, extra="{'how': g.pid_namespace_check, 'pids': g.fork.pids}")
+    out.update(out.pop("extra"))
+    assert out["how"] == "unshare --user --pid"
     assert out["facts"]["setsid_ok"] and out["facts"]["session_escape"] and not out["facts"]["double_fork_escape"]
     assert pids_alive(out["pids"]) == []
 

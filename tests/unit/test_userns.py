@@ -2,10 +2,8 @@
 subuid/subgid files, and the clone test for real (as root dropping to an
 unprivileged uid, as root itself, and run by an unprivileged user)."""
 
-import json
 import os
 import shutil
-import subprocess
 import time
 
 import pytest
@@ -16,7 +14,7 @@ from probes import all_probes
 from probes.userns import (Account, CloneTest, Gathered, UsernsProbe, choose_account, count_subids, gather, judge,
                            parse_clone_output, parse_int)
 
-from .helpers import FakeCondor, REPO
+from .helpers import FakeCondor, run_probe_as_nobody
 
 # /etc/subuid as useradd writes it on Debian, plus an entry by uid and noise.
 SUBUID = """# subordinate ids
@@ -199,17 +197,7 @@ def test_gather_configured_user_and_missing_files(tmp_path):
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv to become nobody")
 def test_gather_run_by_an_unprivileged_user():
     """As a STARTD_CRON job runs (not root), with the system Python."""
-    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else "python3"
-    code = ("import json, time\n"
-            "from monitor.runner import ProbeContext\n"
-            "from probes.userns import gather, judge\n"
-            "r = judge(gather(ProbeContext('userns', {'user': ''}, time.monotonic() + 20)))\n"
-            "print(json.dumps({'status': r.status.value, 'reason': r.reason, 'facts': dict(r.facts)}))\n")
-    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, "-c", code],
-                          cwd="/", env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": REPO},
-                          capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
+    out = run_probe_as_nobody("userns", {"user": ""})
     facts = out["facts"]
     assert facts["tested_user"] == "nobody" and facts["tested_as_root"] is False
     with open("/proc/sys/user/max_user_namespaces") as handle:
