@@ -201,9 +201,3 @@ def render_failure(reason: str, now: float) -> str:
         f"{ATTR_PREFIX}Timestamp = {int(now)}",
     ]
     return "".join(line + "\n" for line in lines) + "-\n"
-
-
-def attribute_names(output: str) -> Iterable[str]:
-    for line in output.splitlines():
-        if line and not line.startswith("-"):
-            yield line.split("=", 1)[0].strip()

@@ -112,14 +112,18 @@ def forked(body):
     os._exit(code)
 
 
-def escaper():
-    note(os.getpid())
+def try_setsid():
+    """setsid(); the error text, or '' when it worked."""
     try:
         os.setsid()
-        error = ""
+        return ""
     except OSError as exc:
-        error = exc.strerror or str(exc)
-    say(kind="session", pid=os.getpid(), error=error)
+        return exc.strerror or str(exc)
+
+
+def escaper():
+    note(os.getpid())
+    say(kind="session", pid=os.getpid(), error=try_setsid())
     linger()
 
 
@@ -141,11 +145,8 @@ def job():
     os.close(report_r)
     os.close(life_w)
     note(os.getpid())
-    try:
-        os.setsid()
-        error = ""
-    except OSError as exc:
-        error = exc.strerror or str(exc)
+    error = try_setsid()
+    if error:   # still a group of its own, as the starter would make it
         os.setpgid(0, 0)
     say(kind="job", pid=os.getpid(), error=error)
     forked(escaper)
