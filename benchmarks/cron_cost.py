@@ -55,11 +55,11 @@ def main():
     parser.add_argument("cron_args", nargs="*")
     args = parser.parse_args()
 
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     py = sys.executable
     state = tempfile.mkdtemp(prefix="cron-cost-")
     rows = [("python -c pass (interpreter floor)", measure([py, "-c", "pass"], args.runs, env)),
-            ("import monitor.cli", measure([py, "-c", "import monitor.cli"], args.runs, env))]
+            ("import startd_health.cli", measure([py, "-c", "import startd_health.cli"], args.runs, env))]
     if args.images and args.runtime:
         launches = []
         for entry in args.images.split(","):
@@ -67,7 +67,7 @@ def main():
             launches.append(f"{args.runtime} exec --ipc --pid --contain {path} cat /proc/self/uid_map")
         rows.append((f"{len(launches)} image launch(es) alone",
                      measure(["/bin/sh", "-c", " && ".join(launches)], args.runs, env)))
-    cron = [py, "-c", "from monitor.cli import cron_main; cron_main()", "--force", "--state-dir", state]
+    cron = [py, "-c", "from startd_health.cli import cron_main; cron_main()", "--force", "--state-dir", state]
     if args.images:
         cron += ["--container-images", args.images]
     rows.append(("startd-health cron --force", measure(cron + args.cron_args, args.runs, env)))

@@ -34,9 +34,9 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "src"))  # the checkout, when not installed
 
-from probes import benchmarks as ours  # noqa: E402
+from startd_health.probes import benchmarks as ours  # noqa: E402
 
 THEIRS = """
 import json, sys

@@ -52,8 +52,9 @@ from collections import Counter, defaultdict
 from typing import Any, Dict, List, Optional, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+for _path in (REPO, os.path.join(REPO, "src")):  # tests.realpool; the package when not installed
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 import classad2  # noqa: E402
 import htcondor2  # noqa: E402

@@ -41,9 +41,9 @@ import time
 import urllib.request
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "src"))  # the checkout, when not installed
 
-from monitor import pool_exporter as pe  # noqa: E402
+from startd_health.monitor import pool_exporter as pe  # noqa: E402
 from tests.pool_ads import advertise, machines  # noqa: E402
 from tests.prom import free_port  # noqa: E402
 from tests.realpool.pool import RealPool  # noqa: E402
@@ -71,7 +71,7 @@ def count_ads(collector):
 def measure_child(collector, schema, runs, workdir):
     """The exporter's query child, run as the exporter runs it, with wait4's rusage."""
     out = os.path.join(workdir, "answer.json")
-    env = dict(os.environ, PYTHONPATH=REPO, _CONDOR_QUERY_TIMEOUT="60")
+    env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "src"), _CONDOR_QUERY_TIMEOUT="60")
     spec = json.dumps({"collector": collector, "probes": list(schema.probes), "images": list(schema.images),
                        "constraint": "", "stale_after": 900})
     walls, cpus, rss = [], [], []
@@ -104,7 +104,7 @@ def measure_size(pool, size, runs, workdir):
     import htcondor2
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from probes import all_probes
+    from startd_health.probes import all_probes
 
     collector = f"127.0.0.1:{pool.port}"
     pool.wait_for(lambda: pool.enter("condor_status", "-total", check=False).returncode == 0, 30, "the collector")
@@ -223,11 +223,11 @@ def scrape_load(clients_list, seconds):
         handle.write(STANDIN_RUNTIME)
     os.chmod(runtime, 0o755)
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "monitor", "exporter", "--no-condor-config", "--state-dir",
+    proc = subprocess.Popen([sys.executable, "-m", "startd_health", "exporter", "--no-condor-config", "--state-dir",
                              os.path.join(tmp, "state"), "--probes", "container", "--container-runtime", runtime,
                              "--container-period", "2", "--container-images", "el9=/img/el9.sif,el8=/img/el8.sif",
                              "--exporter-listen", f"127.0.0.1:{port}"],
-                            env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env=dict(os.environ, PYTHONPATH=os.path.join(REPO, "src")), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/metrics"
     try:
         deadline = time.monotonic() + 30

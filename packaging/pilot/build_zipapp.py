@@ -32,7 +32,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 MAIN = '''"""startd-health as a zipapp: `cron` unless another command is named."""
 import sys
 
-from monitor.cli import cron_main, run
+from startd_health.cli import cron_main, run
 
 COMMANDS = {"cron", "check", "config", "probes", "hook", "exporter", "benchmark"}
 if sys.argv[1:2] and (sys.argv[1] in COMMANDS or sys.argv[1] in ("-h", "--help", "-V", "--version")):
@@ -46,8 +46,8 @@ def build(output: str) -> str:
     staging = tempfile.mkdtemp(prefix="startd-health-pyz-")
     try:
         ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-        for package in ("monitor", "probes"):
-            shutil.copytree(os.path.join(REPO, package), os.path.join(staging, package), ignore=ignore)
+        shutil.copytree(os.path.join(REPO, "src", "startd_health"), os.path.join(staging, "startd_health"),
+                        ignore=ignore)
         try:
             import prometheus_client
             shutil.copytree(os.path.dirname(prometheus_client.__file__), os.path.join(staging, "prometheus_client"),

@@ -9,12 +9,12 @@ import tarfile
 
 import pytest
 
-from monitor import __version__
+from startd_health import __version__
 from tests.unit.helpers import REPO
 
 pytestmark = pytest.mark.e2e
 
-TREE = ("pyproject.toml", "README.md", "monitor", "probes", "packaging", "grafana")
+TREE = ("pyproject.toml", "README.md", "src", "packaging", "grafana")
 
 
 def need(tool):
@@ -59,8 +59,8 @@ def test_rpm_contents(rpm):
                      "/usr/lib/systemd/system/startd-health-pool-exporter.service",
                      "/usr/share/startd-health/condor/51-startd-health-healthexprs.conf"):
         assert expected in files, expected
-    assert any(f.endswith("/site-packages/monitor/cli.py") for f in files)
-    assert any(f.endswith("/site-packages/probes/container.py") for f in files)
+    assert any(f.endswith("/site-packages/startd_health/cli.py") for f in files)
+    assert any(f.endswith("/site-packages/startd_health/probes/container.py") for f in files)
     config = rpm_query(rpm, "-c").split()
     assert config == ["/etc/condor/config.d/50-startd-health.conf"]  # %config(noreplace): admins' edits survive
 

@@ -92,11 +92,11 @@ class SilentCollector:
 
 
 def cli_env():
-    return dict(os.environ, PYTHONPATH=REPO)
+    return dict(os.environ)
 
 
 def start(argv):
-    proc = subprocess.Popen([sys.executable, "-m", "monitor", *argv], env=cli_env(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "startd_health", *argv], env=cli_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     return proc
 

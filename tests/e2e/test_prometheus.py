@@ -37,12 +37,12 @@ def base_args(tmp_path, runtime):
 
 
 def env():
-    return dict(os.environ, PYTHONPATH=REPO)
+    return dict(os.environ)
 
 
 def start_exporter(tmp_path, runtime, *extra):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "monitor", "exporter", *base_args(tmp_path, runtime),
+    proc = subprocess.Popen([sys.executable, "-m", "startd_health", "exporter", *base_args(tmp_path, runtime),
                              "--exporter-listen", f"127.0.0.1:{port}", "--container-period", "2", *extra],
                             env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return proc, port
@@ -66,7 +66,7 @@ def scrape(url, context=None, timeout=30):
 def test_textfile_is_atomic_0644_and_passes_promtool(tmp_path, runtime):
     textdir = tmp_path / "textfile"
     textdir.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "monitor", "cron", *base_args(tmp_path, runtime),
+    proc = subprocess.run([sys.executable, "-m", "startd_health", "cron", *base_args(tmp_path, runtime),
                            "--textfile-dir", str(textdir)], env=env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert sorted(os.listdir(textdir)) == ["startd_health.prom"]  # no temporary file left
@@ -85,7 +85,7 @@ def test_every_probe_on_this_machine_passes_promtool(tmp_path, runtime):
     """All probes as they run here (facts like gpu count must not clash with reserved suffixes)."""
     textdir = tmp_path / "textfile"
     textdir.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "monitor", "cron", "--no-condor-config", "--state-dir",
+    proc = subprocess.run([sys.executable, "-m", "startd_health", "cron", "--no-condor-config", "--state-dir",
                            str(tmp_path / "state"), "--textfile-dir", str(textdir)], env=env(), capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -98,7 +98,7 @@ def test_every_probe_on_this_machine_passes_promtool(tmp_path, runtime):
 def test_unwritable_textfile_dir_is_reported_in_the_ad(tmp_path, runtime):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    proc = subprocess.run([sys.executable, "-m", "monitor", "cron", *base_args(tmp_path, runtime),
+    proc = subprocess.run([sys.executable, "-m", "startd_health", "cron", *base_args(tmp_path, runtime),
                            "--textfile-dir", str(blocker)], env=env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3 and "StartdHealthStateError" in proc.stdout and "Traceback" not in proc.stderr
 
@@ -152,14 +152,14 @@ def test_exporter_tls(tmp_path, runtime):
 def test_exporter_config_errors_are_one_line(tmp_path, runtime):
     for extra, message in [(["--exporter-listen", "nowhere"], "expected ADDRESS:PORT"),
                            (["--exporter-tls-cert", "/x.pem"], "go together")]:
-        proc = subprocess.run([sys.executable, "-m", "monitor", "exporter", *base_args(tmp_path, runtime), *extra],
+        proc = subprocess.run([sys.executable, "-m", "startd_health", "exporter", *base_args(tmp_path, runtime), *extra],
                               env=env(), capture_output=True, text=True, timeout=30)
         assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     with __import__("socket").socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        proc = subprocess.run([sys.executable, "-m", "monitor", "exporter", *base_args(tmp_path, runtime),
+        proc = subprocess.run([sys.executable, "-m", "startd_health", "exporter", *base_args(tmp_path, runtime),
                                "--exporter-listen", f"127.0.0.1:{port}"], env=env(), capture_output=True, text=True,
                               timeout=30)
     assert proc.returncode == 2 and "cannot listen on 127.0.0.1" in proc.stderr

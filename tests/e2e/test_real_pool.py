@@ -9,7 +9,7 @@ import time
 import classad2
 import pytest
 
-from monitor import __version__
+from startd_health import __version__
 from tests.unit.helpers import parse_cron_output
 
 from .conftest import CRON_PERIOD, REPO, set_extra_conf
@@ -186,7 +186,7 @@ def test_checks_inside_the_image_need_the_expected_binds(pool):
 
 def test_unit_tests_pass_on_this_distributions_python(pool):
     """The same unit tests on Debian's Python (3.13 in trixie, 3.14 in sid) and HTCondor bindings."""
-    proc = pool.sh("cd /opt/startd-health/src && python3 -m pytest -q -p no:cacheprovider tests/unit 2>&1",
+    proc = pool.sh("cd /opt/startd-health/src && /opt/startd-health/venv/bin/python -m pytest -q -p no:cacheprovider tests/unit 2>&1",
                    check=False, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:]
     print(f"[{pool.variant}] {proc.stdout.strip().splitlines()[-1]}")

@@ -25,7 +25,7 @@ PORTS = {"mix": 29618, "sid": 29619}
 PIDFILE = "/tmp/condor/run/master.pid"
 INSTALL = "/opt/startd-health"
 # What gets copied into the root filesystem to install the project.
-PROJECT_FILES = ("pyproject.toml", "README.md", "monitor", "probes", "packaging", "tests", "benchmarks")
+PROJECT_FILES = ("pyproject.toml", "README.md", "src", "packaging", "tests", "benchmarks")
 
 POOL_CONF = """\
 # Personal pool for startd-health's end-to-end tests (loopback only)

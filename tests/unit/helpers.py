@@ -10,14 +10,20 @@ from typing import List, Sequence
 
 import classad2
 
+import startd_health
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Where the INSTALLED package lives (an editable install points into src/):
+# children that cannot use this venv's interpreter (another user, the system
+# Python) get exactly that directory, never the checkout's root.
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(startd_health.__file__)))
 
 
-def run_cli(args: Sequence[str], env, timeout: float = 60, entry: str = "monitor") -> subprocess.CompletedProcess:
+def run_cli(args: Sequence[str], env, timeout: float = 60, entry: str = "startd_health") -> subprocess.CompletedProcess:
     if entry == "cron":
-        argv = [sys.executable, "-c", "from monitor.cli import cron_main; cron_main()", *args]
+        argv = [sys.executable, "-c", "from startd_health.cli import cron_main; cron_main()", *args]
     else:
-        argv = [sys.executable, "-m", "monitor", *args]
+        argv = [sys.executable, "-m", "startd_health", *args]
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
@@ -87,14 +93,14 @@ def run_probe_as_nobody(probe: str, settings: dict, extra: str = "") -> dict:
     import json
     python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
     code = ("import json, os, time\n"
-            "from monitor.runner import ProbeContext\n"
-            f"from probes.{probe} import gather, judge\n"
+            "from startd_health.core.runner import ProbeContext\n"
+            f"from startd_health.probes.{probe} import gather, judge\n"
             f"g = gather(ProbeContext({probe!r}, {settings!r}, time.monotonic() + 20))\n"
             "r = judge(g)\n"
             "print(json.dumps({'status': r.status.value, 'reason': r.reason, 'facts': dict(r.facts), "
             f"'uid': os.getuid(), 'extra': {extra or 'None'}}}))\n")
     proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, "-c", code],
-                          cwd="/", env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": REPO},
+                          cwd="/", env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": PACKAGE_PARENT},
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)

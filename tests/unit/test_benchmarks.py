@@ -14,11 +14,11 @@ import time
 
 import pytest
 
-from monitor.cron import render_probes
-from monitor.model import Measurement, ProbeResult, Status
-from monitor.runner import OVERRUN_GRACE_SECONDS, run_probes
-from monitor.state import StateDir
-from probes import benchmarks as b
+from startd_health.monitor.cron import render_probes
+from startd_health.core.model import Measurement, ProbeResult, Status
+from startd_health.core.runner import OVERRUN_GRACE_SECONDS, run_probes
+from startd_health.core.state import StateDir
+from startd_health.probes import benchmarks as b
 
 from .helpers import REPO, parse_cron_output, run_cli
 
@@ -251,8 +251,8 @@ def test_benchmark_command_runs_caches_and_prints_its_attributes_only(tmp_path, 
 
 
 def test_exporter_serves_the_cached_result_outside_the_verdict(tmp_path):
-    from monitor.exporter import NodeExporter
-    from monitor.metrics import exposition
+    from startd_health.monitor.exporter import NodeExporter
+    from startd_health.monitor.metrics import exposition
 
     state = StateDir(str(tmp_path / "state"))
     state.ensure()
@@ -272,7 +272,7 @@ def test_exporter_serves_the_cached_result_outside_the_verdict(tmp_path):
 
 
 def test_the_periodic_path_never_imports_numpy(cli_env):
-    code = ("import sys; from probes import all_probes; all_probes(); import monitor.cli, monitor.cron; "
+    code = ("import sys; from startd_health.probes import all_probes; all_probes(); import startd_health.cli, startd_health.monitor.cron; "
             "print('numpy' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], env=cli_env, cwd=REPO, capture_output=True, text=True,
                           timeout=60)

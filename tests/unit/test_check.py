@@ -3,9 +3,9 @@
 import json
 import time
 
-from monitor.model import Measurement, ProbeResult, Status
-from monitor.terminal import exit_status, table
-from monitor.verdict import judge
+from startd_health.core.model import Measurement, ProbeResult, Status
+from startd_health.monitor.terminal import exit_status, table
+from startd_health.core.verdict import judge
 
 from .helpers import run_cli
 

@@ -14,7 +14,7 @@ import pytest
 
 from .helpers import REPO, parse_cron_output
 
-CRON = [sys.executable, "-c", "from monitor.cli import cron_main; cron_main()", "--no-condor-config",
+CRON = [sys.executable, "-c", "from startd_health.cli import cron_main; cron_main()", "--no-condor-config",
         "--container-runtime", "/bin/false", "--container-requirement", "REQUIRED"]
 
 

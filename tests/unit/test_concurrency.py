@@ -21,7 +21,7 @@ if [ "$1" = --version ]; then echo "apptainer version 1.4.5"; exit 0; fi
 sleep 1; while [ "$1" != /bin/sh ]; do shift; done; exec "$@"
 """)
     runtime.chmod(0o755)
-    argv = [sys.executable, "-c", "from monitor.cli import cron_main; cron_main()", "--no-condor-config",
+    argv = [sys.executable, "-c", "from startd_health.cli import cron_main; cron_main()", "--no-condor-config",
             "--state-dir", str(tmp_path / "state"), "--container-runtime", str(runtime),
             "--container-images", "t=/img", "--deadline", "20", "--probes", "container"]
     t0 = time.monotonic()

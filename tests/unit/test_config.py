@@ -2,7 +2,7 @@
 
 import pytest
 
-from monitor.config import (ConfigError, Knob, load_config, parse_bool, parse_list,
+from startd_health.core.config import (ConfigError, Knob, load_config, parse_bool, parse_list,
                             parse_seconds)
 
 from .helpers import FakeCondor, run_cli
@@ -105,10 +105,14 @@ def test_without_bindings_the_config_comes_from_condor_config_val(tmp_path, cli_
     tool.chmod(0o755)
     (tmp_path / "condor_config").write_text("")
     cli_env.update(PATH=f"{tmp_path}:/usr/bin:/bin", CONDOR_CONFIG=str(tmp_path / "condor_config"))
-    # -S: no site-packages, so no htcondor2/classad2, as on a bare pilot
+    # -S: no site-packages, so no htcondor2/classad2, as on a bare pilot; the
+    # package itself comes from its own directory, as from the pilot's zipapp
     import subprocess
     import sys
-    proc = subprocess.run([sys.executable, "-S", "-m", "monitor", "config"], env=cli_env, capture_output=True,
+
+    from .helpers import PACKAGE_PARENT
+    cli_env["PYTHONPATH"] = PACKAGE_PARENT
+    proc = subprocess.run([sys.executable, "-S", "-m", "startd_health", "config"], env=cli_env, capture_output=True,
                           text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert "read through condor_config_val" in proc.stdout

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from monitor.model import Status
-from monitor.runner import ProbeContext
-from probes import all_probes
-from probes.container import (Gathered, Launch, Runtime, classify_uid_map, gather, judge, parse_images,
+from startd_health.core.model import Status
+from startd_health.core.runner import ProbeContext
+from startd_health.probes import all_probes
+from startd_health.probes.container import (Gathered, Launch, Runtime, classify_uid_map, gather, judge, parse_images,
                               parse_version)
 
 
@@ -157,7 +157,7 @@ def test_runtime_that_prints_no_version_is_not_a_runtime(tmp_path):
 
 
 def test_requirement_levels():
-    from probes.container import apply_requirement, skipped_by_policy
+    from startd_health.probes.container import apply_requirement, skipped_by_policy
     broken = judge(Gathered(None, runtime_error="no apptainer"))
     required = apply_requirement(broken, "REQUIRED")
     optional = apply_requirement(broken, "OPTIONAL")
@@ -171,14 +171,14 @@ def test_requirement_levels():
 
 
 def test_requirement_knob_parsing():
-    from probes.container import parse_requirement
+    from startd_health.probes.container import parse_requirement
     assert parse_requirement(" required ") == "REQUIRED"
     with pytest.raises(ValueError, match="REQUIRED, OPTIONAL or NEVER"):
         parse_requirement("PREFERRED")
 
 
 def test_condor_default_image_only_when_a_plain_path():
-    from probes.container import condor_default_image
+    from startd_health.probes.container import condor_default_image
     assert condor_default_image('"/cvmfs/singularity.opensciencegrid.org/osg/el9:latest"') == \
         "/cvmfs/singularity.opensciencegrid.org/osg/el9:latest"
     assert condor_default_image("TARGET.SingularityImage") == ""
@@ -188,7 +188,7 @@ def test_condor_default_image_only_when_a_plain_path():
 
 
 def test_condor_default_image_is_added_to_the_launches(tmp_path):
-    from probes.container import images_to_test
+    from startd_health.probes.container import images_to_test
 
     class Params:
         def get(self, name):

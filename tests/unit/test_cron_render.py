@@ -5,10 +5,10 @@ import time
 import classad2
 import pytest
 
-from monitor.cron import MAX_OUTPUT_BYTES, clean_text, render, render_failure
-from monitor.model import Measurement, ProbeResult, Status
-from monitor.runner import RunReport
-from monitor.verdict import judge
+from startd_health.monitor.cron import MAX_OUTPUT_BYTES, clean_text, render, render_failure
+from startd_health.core.model import Measurement, ProbeResult, Status
+from startd_health.core.runner import RunReport
+from startd_health.core.verdict import judge
 
 from .helpers import parse_cron_output
 
@@ -88,7 +88,7 @@ def test_failure_ad_is_valid_and_unhealthy():
 
 def test_fallback_quoting_without_bindings_matches_classad2(monkeypatch):
     import builtins
-    import monitor.cron as cron
+    import startd_health.monitor.cron as cron
     real_import = builtins.__import__
 
     def no_classad2(name, *args, **kwargs):

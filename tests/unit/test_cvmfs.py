@@ -24,12 +24,12 @@ from dataclasses import replace
 
 import pytest
 
-from monitor.model import Status
-from monitor.procs import run_command
-from monitor.runner import OVERRUN_GRACE_SECONDS, ProbeContext, run_probes
-from monitor.state import StateDir
-from probes import all_probes, cvmfs
-from probes.cvmfs import (CvmfsProbe, Failure, InsideCheck, Mount, RepoCheck, inside_script, judge, parse_inside,
+from startd_health.core.model import Status
+from startd_health.system.procs import run_command
+from startd_health.core.runner import OVERRUN_GRACE_SECONDS, ProbeContext, run_probes
+from startd_health.core.state import StateDir
+from startd_health.probes import all_probes, cvmfs
+from startd_health.probes.cvmfs import (CvmfsProbe, Failure, InsideCheck, Mount, RepoCheck, inside_script, judge, parse_inside,
                           parse_mounts, parse_repositories, parse_root, still_hung, updated_failures)
 from tests import cvmfs_sim as sim
 

@@ -5,11 +5,11 @@ import os
 import re
 import time
 
-from monitor.cli import all_knobs
-from monitor.cron import render
-from monitor.runner import RunReport
-from monitor.verdict import judge
-from probes.container import Gathered, Launch, Runtime, judge as judge_container
+from startd_health.cli import all_knobs
+from startd_health.monitor.cron import render
+from startd_health.core.runner import RunReport
+from startd_health.core.verdict import judge
+from startd_health.probes.container import Gathered, Launch, Runtime, judge as judge_container
 
 from .helpers import REPO, parse_cron_output
 

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from monitor.model import Status
-from monitor.runner import ProbeContext, run_probes
-from probes import all_probes
-from probes.gpu import (QUERY_ARGS, Gathered, Gpu, GpuProbe, gather, judge, no_gpu_message, parse_count,
+from startd_health.core.model import Status
+from startd_health.core.runner import ProbeContext, run_probes
+from startd_health.probes import all_probes
+from startd_health.probes.gpu import (QUERY_ARGS, Gathered, Gpu, GpuProbe, gather, judge, no_gpu_message, parse_count,
                         parse_detected_gpus, parse_nvidia_smi_L, parse_query_gpu, parse_resource_count)
 
 from .helpers import FakeCondor, wait_gone

@@ -4,9 +4,9 @@ import time
 
 import classad2
 
-from monitor.hook import EXIT_ACCEPT, EXIT_HOLD, Decision, decide, job_image, read_job_ad
-from monitor.model import ProbeResult, Status
-from probes.container import Launch
+from startd_health.monitor.hook import EXIT_ACCEPT, EXIT_HOLD, Decision, decide, job_image, read_job_ad
+from startd_health.core.model import ProbeResult, Status
+from startd_health.probes.container import Launch
 
 SITE = {"/cvmfs/img/el9": "el9"}
 NOW = 1_000_000.0

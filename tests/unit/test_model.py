@@ -1,7 +1,7 @@
 import math
 
-from monitor.model import Measurement, ProbeResult, Status
-from monitor.verdict import judge
+from startd_health.core.model import Measurement, ProbeResult, Status
+from startd_health.core.verdict import judge
 
 
 def test_result_json_round_trip():

@@ -10,8 +10,8 @@ import time
 import classad2
 import pytest
 
-from monitor import pool_exporter as pe
-from monitor.config import CondorParams
+from startd_health.monitor import pool_exporter as pe
+from startd_health.core.config import CondorParams
 from tests.pool_ads import machines
 
 NOW = 1_800_000_000.0

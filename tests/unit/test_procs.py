@@ -3,7 +3,7 @@
 import os
 import time
 
-from monitor.procs import run_command
+from startd_health.system.procs import run_command
 
 from .helpers import wait_gone
 
@@ -51,7 +51,7 @@ def test_escaped_grandchild_holding_the_pipe_is_abandoned_not_waited_for(tmp_pat
 
 
 def test_live_group_registry_is_cleared():
-    from monitor import procs
+    from startd_health.system import procs
     run_command(["/bin/true"], timeout=5)
     assert not procs._live_groups
 

@@ -1,4 +1,4 @@
-"""Reliability of the real CLI (`python -m monitor cron`) against the ways a
+"""Reliability of the real CLI (`python -m startd_health cron`) against the ways a
 node really breaks it, with shell stand-ins for the container runtime:
 
 - SIGKILL at random moments of a run, and at the moment a result file is
@@ -29,8 +29,8 @@ import time
 
 import pytest
 
-from monitor.procs import run_command
-from monitor.state import StateDir
+from startd_health.system.procs import run_command
+from startd_health.core.state import StateDir
 
 from .helpers import REPO, parse_cron_output, pids_alive, wait_gone
 
@@ -53,7 +53,7 @@ def stand_in(tmp_path, name: str, body: str) -> str:
 
 
 def cron_argv(state_dir: str, runtime: str, *extra: str) -> list:
-    return [sys.executable, "-m", "monitor", "cron", "--no-condor-config", "--state-dir", state_dir,
+    return [sys.executable, "-m", "startd_health", "cron", "--no-condor-config", "--state-dir", state_dir,
             "--container-runtime", runtime, "--container-images", IMAGES, "--container-requirement", "REQUIRED",
             "--probes", "container", *extra]
 

@@ -4,9 +4,9 @@ import os
 import threading
 import time
 
-from monitor.model import Probe, ProbeResult, Status
-from monitor.runner import OVERRUN_GRACE_SECONDS, run_probes, settings_digest
-from monitor.state import StateDir
+from startd_health.core.model import Probe, ProbeResult, Status
+from startd_health.core.runner import OVERRUN_GRACE_SECONDS, run_probes, settings_digest
+from startd_health.core.state import StateDir
 
 from .helpers import wait_gone
 

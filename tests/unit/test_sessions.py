@@ -11,11 +11,11 @@ import time
 
 import pytest
 
-from monitor.model import Status
-from monitor.runner import ProbeContext
-from probes import all_probes
-from probes import sessions
-from probes.sessions import Cgroups, ForkTest, Gathered, SessionsProbe, condor_settings, gather, judge, parse_cgroups
+from startd_health.core.model import Status
+from startd_health.core.runner import ProbeContext
+from startd_health.probes import all_probes
+from startd_health.probes import sessions
+from startd_health.probes.sessions import Cgroups, ForkTest, Gathered, SessionsProbe, condor_settings, gather, judge, parse_cgroups
 
 from .helpers import FakeCondor, run_probe_as_nobody, REPO, pids_alive, wait_gone
 
@@ -84,9 +84,9 @@ def test_gather_as_an_unprivileged_user():
 
 @pytest.mark.parametrize("new_session", [True, False])
 def test_in_own_session_for_real(new_session):
-    code = "from probes.sessions import in_own_session; print(in_own_session())"
+    code = "from startd_health.probes.sessions import in_own_session; print(in_own_session())"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=30,
-                          start_new_session=new_session, env=dict(os.environ, PYTHONPATH=REPO))
+                          start_new_session=new_session)
     assert proc.stdout.strip() == str(new_session), proc.stderr
 
 

@@ -1,8 +1,8 @@
 import json
 import os
 
-from monitor.model import ProbeResult, Status
-from monitor.state import StateDir, write_atomic
+from startd_health.core.model import ProbeResult, Status
+from startd_health.core.state import StateDir, write_atomic
 
 
 def test_write_atomic_mode_and_no_leftovers(tmp_path):

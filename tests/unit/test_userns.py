@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from monitor.model import Status
-from monitor.runner import ProbeContext
-from probes import all_probes
-from probes.userns import (Account, CloneTest, Gathered, UsernsProbe, choose_account, count_subids, gather, judge,
+from startd_health.core.model import Status
+from startd_health.core.runner import ProbeContext
+from startd_health.probes import all_probes
+from startd_health.probes.userns import (Account, CloneTest, Gathered, UsernsProbe, choose_account, count_subids, gather, judge,
                            parse_clone_output, parse_int)
 
 from .helpers import FakeCondor, run_probe_as_nobody

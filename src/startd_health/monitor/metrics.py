@@ -29,9 +29,9 @@ import platform
 import re
 from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
-from . import __version__
-from .model import ProbeResult, Status
-from .verdict import Verdict
+from startd_health import __version__
+from startd_health.core.model import ProbeResult, Status
+from startd_health.core.verdict import Verdict
 
 PREFIX = "startd_health"
 _NOT_NAME = re.compile(r"[^a-zA-Z0-9_]+")

@@ -20,9 +20,9 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
-from . import procs
-from .model import Probe, ProbeResult, Status, failed
-from .state import ProbeLock, StateDir, StateError
+from startd_health.system import procs
+from startd_health.core.model import Probe, ProbeResult, Status, failed
+from startd_health.core.state import ProbeLock, StateDir, StateError
 
 log = logging.getLogger(__name__)
 

@@ -34,9 +34,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
-from monitor.config import Knob, parse_bool, parse_list, parse_positive_seconds
-from monitor.model import Measurement, Probe, ProbeResult, Status
-from monitor.procs import last_line
+from startd_health.core.config import Knob, parse_bool, parse_list, parse_positive_seconds
+from startd_health.core.model import Measurement, Probe, ProbeResult, Status
+from startd_health.system.procs import last_line
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bench_worker.py")
 KINDS = ("db12", "matmul", "memory")

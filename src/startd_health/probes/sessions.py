@@ -57,9 +57,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from monitor.config import parse_bool
-from monitor.model import Probe, ProbeResult, Status
-from monitor.procs import last_line
+from startd_health.core.config import parse_bool
+from startd_health.core.model import Probe, ProbeResult, Status
+from startd_health.system.procs import last_line
 
 PROC_SELF_CGROUP = "/proc/self/cgroup"
 PROC_SELF_MOUNTINFO = "/proc/self/mountinfo"

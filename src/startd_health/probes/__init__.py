@@ -8,7 +8,7 @@ import importlib
 import pkgutil
 from typing import Dict, Type
 
-from monitor.model import Probe
+from startd_health.core.model import Probe
 
 _registry: Dict[str, Type[Probe]] = {}
 

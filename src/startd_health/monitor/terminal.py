@@ -6,9 +6,9 @@ import json
 import shutil
 from typing import Any, Dict, Sequence
 
-from . import __version__
-from .model import ProbeResult, Status
-from .verdict import Verdict
+from startd_health import __version__
+from startd_health.core.model import ProbeResult, Status
+from startd_health.core.verdict import Verdict
 
 COLOURS = {Status.OK: "32", Status.DEGRADED: "33", Status.FAILED: "31;1", Status.SKIPPED: "2"}
 

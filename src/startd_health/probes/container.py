@@ -25,9 +25,9 @@ import shutil
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence, Tuple
 
-from monitor.config import Knob, format_args, parse_args, parse_bool, parse_list, parse_seconds, parse_string
-from monitor.model import Measurement, Probe, ProbeResult, Status
-from monitor.procs import CommandResult, last_line
+from startd_health.core.config import Knob, format_args, parse_args, parse_bool, parse_list, parse_seconds, parse_string
+from startd_health.core.model import Measurement, Probe, ProbeResult, Status
+from startd_health.system.procs import CommandResult, last_line
 
 from . import _inside as inside
 from . import cvmfs

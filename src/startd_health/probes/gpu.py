@@ -53,8 +53,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-from monitor.config import Knob, parse_string
-from monitor.model import Measurement, Probe, ProbeResult, Status
+from startd_health.core.config import Knob, parse_string
+from startd_health.core.model import Measurement, Probe, ProbeResult, Status
 
 QUERY_FIELDS = "index,name,uuid,driver_version,memory.total"
 QUERY_ARGS = (f"--query-gpu={QUERY_FIELDS}", "--format=csv,noheader,nounits")

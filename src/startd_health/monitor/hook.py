@@ -36,7 +36,7 @@ class Decision:
     requeue: bool = False   # node fault: back to idle instead of held
 
     def emit(self) -> int:
-        from .cron import render_value
+        from startd_health.monitor.cron import render_value
         out = [f"HookStatusMessage = {render_value('startd-health: ' + self.message)}"]
         if self.requeue:
             out.append(f"HookStatusCode = {REQUEUE_STATUS}")
@@ -90,11 +90,11 @@ def decide(image: str, site_images: Mapping[str, str], cached: Optional[Any], pe
 
 
 def prepare_job(config: Any, stdin_text: str) -> Decision:
-    from probes import _inside as inside
-    from probes.container import find_runtime, launch
+    from startd_health.probes import _inside as inside
+    from startd_health.probes.container import find_runtime, launch
 
-    from .runner import ProbeContext
-    from .state import StateDir
+    from startd_health.core.runner import ProbeContext
+    from startd_health.core.state import StateDir
 
     job_ad = read_job_ad(stdin_text)
     image = job_image(job_ad)
@@ -106,7 +106,7 @@ def prepare_job(config: Any, stdin_text: str) -> Decision:
     ctx = ProbeContext("container", settings, deadline, config.condor)
 
     def launch_now():
-        from probes.container import Launch
+        from startd_health.probes.container import Launch
         runtime, error = find_runtime(ctx)
         if runtime is None:
             return Launch(image, image, False, 0.0, error=error), True

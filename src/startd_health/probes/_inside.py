@@ -10,7 +10,7 @@ hung) is told apart from one that finished:
   uid_map <inside> <outside> <count>      one per row of /proc/self/uid_map
   pidns <ls -l of /proc/self/ns/pid>      compared with ours: a pid namespace?
   check <name> ok|fail [detail]           environment sanity
-  <other sections>                        e.g. cvmfs lines from probes.cvmfs
+  <other sections>                        e.g. cvmfs lines from startd_health.probes.cvmfs
   end
 """
 

@@ -164,7 +164,7 @@ class _DumpedParams(dict):
 def _dump_config() -> Optional[_DumpedParams]:
     import shutil
 
-    from .procs import run_command
+    from startd_health.system.procs import run_command
     tool = shutil.which("condor_config_val")
     if not tool:
         return None

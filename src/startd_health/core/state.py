@@ -17,7 +17,7 @@ import tempfile
 import time
 from typing import Dict, Optional
 
-from .model import ProbeResult
+from startd_health.core.model import ProbeResult
 
 log = logging.getLogger(__name__)
 

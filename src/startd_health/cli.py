@@ -16,10 +16,10 @@ import sys
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from . import __version__
-from .config import (CondorParams, Config, ConfigError, Knob, describe, load_config, parse_bool, parse_list,
+from startd_health import __version__
+from startd_health.core.config import (CondorParams, Config, ConfigError, Knob, describe, load_config, parse_bool, parse_list,
                      parse_positive_seconds, parse_string)
-from .exporter_listen import format_listen, parse_listen
+from startd_health.monitor.exporter_listen import format_listen, parse_listen
 
 log = logging.getLogger("startd-health")
 
@@ -50,7 +50,7 @@ MIN_DEADLINE = 5.0
 
 
 def _probe_classes() -> Dict[str, Any]:
-    from probes import all_probes
+    from startd_health.probes import all_probes
     return all_probes()
 
 
@@ -65,7 +65,7 @@ def probe_knobs(name: str, cls: Any) -> Tuple[Knob, ...]:
 
 
 def all_knobs() -> List[Knob]:
-    from .pool_knobs import POOL_KNOBS
+    from startd_health.monitor.pool_knobs import POOL_KNOBS
     knobs = list(CORE_KNOBS) + list(POOL_KNOBS)
     for name, cls in _probe_classes().items():
         knobs.extend(probe_knobs(name, cls))
@@ -86,7 +86,7 @@ def build_config(args: argparse.Namespace) -> Config:
     condor = CondorParams(False if args.no_condor_config else None)
     known = _probe_classes()
     enabled = tuple(n for n, c in known.items() if c.enabled_by_default)
-    from .pool_knobs import default_collectors
+    from startd_health.monitor.pool_knobs import default_collectors
     config = load_config(knobs, flags, condor, {
         "STATE_DIR": _default_state_dir,
         "POOL_COLLECTORS": default_collectors,
@@ -112,7 +112,7 @@ def on_demand_results(config: Config) -> List[Any]:
     """The last results of the on-demand probes (Probe.periodic = False, e.g.
     benchmarks): every run publishes them with their age, never runs them,
     and never counts them for the verdict."""
-    from .state import StateDir
+    from startd_health.core.state import StateDir
     state = StateDir(config["STATE_DIR"])
     results = (state.load(name) for name, cls in _probe_classes().items() if not cls.periodic)
     return [r for r in results if r is not None]
@@ -134,16 +134,16 @@ def probe_settings(config: Config, probes: Sequence[Any]) -> Dict[str, Mapping[s
 def _on_sigterm(signum: int, frame: Any) -> None:
     # The startd (KILL = true) or systemd wants us gone: take our children
     # with us rather than leave them holding images or mounts.
-    from .procs import kill_live_groups
+    from startd_health.system.procs import kill_live_groups
     kill_live_groups()
     os._exit(128 + signum)
 
 
 def cmd_cron(args: argparse.Namespace) -> int:
-    from .cron import render, render_failure
-    from .runner import run_probes
-    from .state import StateDir
-    from .verdict import judge
+    from startd_health.monitor.cron import render, render_failure
+    from startd_health.core.runner import run_probes
+    from startd_health.core.state import StateDir
+    from startd_health.core.verdict import judge
 
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
@@ -165,8 +165,8 @@ def cmd_cron(args: argparse.Namespace) -> int:
 
 def write_textfile(directory: str, results: Sequence[Any], verdict: Any) -> str:
     """node_exporter textfile: atomic, mode 0644, no timestamps. Returns an error text or ''."""
-    from .metrics import exposition
-    from .state import write_atomic
+    from startd_health.monitor.metrics import exposition
+    from startd_health.core.state import write_atomic
     path = os.path.join(directory, "startd_health.prom")
     try:
         write_atomic(path, exposition(results, verdict), mode=0o644)
@@ -177,8 +177,8 @@ def write_textfile(directory: str, results: Sequence[Any], verdict: Any) -> str:
 
 
 def cmd_exporter(args: argparse.Namespace) -> int:
-    from .exporter import NodeExporter, serve_configured
-    from .state import StateDir
+    from startd_health.monitor.exporter import NodeExporter, serve_configured
+    from startd_health.core.state import StateDir
 
     if not args.debug:  # a daemon says when it starts and stops
         logging.getLogger().setLevel(logging.INFO)
@@ -190,10 +190,10 @@ def cmd_exporter(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .runner import run_probes
-    from .state import StateDir
-    from .terminal import as_json, exit_status, table
-    from .verdict import judge
+    from startd_health.core.runner import run_probes
+    from startd_health.core.state import StateDir
+    from startd_health.monitor.terminal import as_json, exit_status, table
+    from startd_health.core.verdict import judge
 
     try:
         config = build_config(args)
@@ -216,13 +216,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_hook(args: argparse.Namespace) -> int:
-    from .hook import main_prepare_job
+    from startd_health.monitor.hook import main_prepare_job
     signal.signal(signal.SIGTERM, _on_sigterm)
     return main_prepare_job(build_config(args))
 
 
 def cmd_pool_exporter(args: argparse.Namespace) -> int:
-    from .pool_exporter import run as run_pool_exporter
+    from startd_health.monitor.pool_exporter import run as run_pool_exporter
     if not args.debug:  # a daemon says when it starts and stops
         logging.getLogger().setLevel(logging.INFO)
     return run_pool_exporter(build_config(args))
@@ -232,9 +232,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     """The HTCondor BENCHMARKS job: run the on-demand probes, keep their
     results in the state directory, print their attributes (never the
     verdict) ending with a '-' line."""
-    from .cron import render_probes
-    from .runner import OVERRUN_GRACE_SECONDS, run_probes
-    from .state import StateDir
+    from startd_health.monitor.cron import render_probes
+    from startd_health.core.runner import OVERRUN_GRACE_SECONDS, run_probes
+    from startd_health.core.state import StateDir
 
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
@@ -253,8 +253,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_inside_script(args: argparse.Namespace) -> int:
-    from probes import _inside as inside
-    from probes import cvmfs
+    from startd_health.probes import _inside as inside
+    from startd_health.probes import cvmfs
 
     config = build_config(args)
     repos = config["CVMFS_REPOSITORIES"]
@@ -403,11 +403,11 @@ def cron_main() -> None:
     except SystemExit as exc:  # argparse: usage error
         code = exc.code if isinstance(exc.code, int) else EXIT_CONFIG
         if code != EXIT_OK:
-            from .cron import render_failure
+            from startd_health.monitor.cron import render_failure
             _emit(render_failure("startd-health-cron: bad arguments (see StartLog)", time.time()))
     except Exception as exc:  # never leave the startd without a complete ad
         logging.getLogger("startd-health").exception("internal error")
-        from .cron import render_failure
+        from startd_health.monitor.cron import render_failure
         _emit(render_failure(f"internal error: {type(exc).__name__}: {exc}", time.time()))
     # Abandoned probe threads or children must not keep us alive.
     sys.stdout.flush()

@@ -17,11 +17,11 @@ import threading
 import time
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
-from .metrics import PREFIX, ResultsCollector
-from .model import Probe, ProbeResult
-from .runner import OVERRUN_GRACE_SECONDS, run_probes
-from .state import StateDir
-from .verdict import Verdict, judge
+from startd_health.monitor.metrics import PREFIX, ResultsCollector
+from startd_health.core.model import Probe, ProbeResult
+from startd_health.core.runner import OVERRUN_GRACE_SECONDS, run_probes
+from startd_health.core.state import StateDir
+from startd_health.core.verdict import Verdict, judge
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class NodeExporter:
 
     def start(self, listen: Tuple[str, int], certfile: str = "", keyfile: str = "") -> None:
         from apscheduler.schedulers.background import BackgroundScheduler
-        from .exporter_listen import start_metrics_server
+        from startd_health.monitor.exporter_listen import start_metrics_server
 
         self.server = start_metrics_server(listen, self.registry, certfile, keyfile)
         self.scheduler = BackgroundScheduler(timezone=datetime.timezone.utc)
@@ -139,7 +139,7 @@ def serve_configured(exporter: Any, config: Any, listen_knob: str) -> int:
     """Serve an exporter on config[listen_knob] until SIGTERM. The TLS knobs go
     together; a listen address that cannot be used is a configuration error
     naming its knob."""
-    from .config import ConfigError
+    from startd_health.core.config import ConfigError
 
     certfile, keyfile = config["EXPORTER_TLS_CERT"], config["EXPORTER_TLS_KEY"]
     if bool(certfile) != bool(keyfile):

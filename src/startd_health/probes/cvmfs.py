@@ -39,10 +39,10 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from monitor.config import Knob, parse_list, parse_positive_seconds, parse_seconds
-from monitor.model import Measurement, Probe, ProbeResult, Status
-from monitor.procs import KILL_GRACE_SECONDS, REAP_WAIT_SECONDS, CommandResult
-from monitor.state import write_atomic
+from startd_health.core.config import Knob, parse_list, parse_positive_seconds, parse_seconds
+from startd_health.core.model import Measurement, Probe, ProbeResult, Status
+from startd_health.system.procs import KILL_GRACE_SECONDS, REAP_WAIT_SECONDS, CommandResult
+from startd_health.core.state import write_atomic
 
 log = logging.getLogger(__name__)
 

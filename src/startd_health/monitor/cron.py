@@ -15,10 +15,10 @@ import math
 import re
 from typing import Any, Iterable, List, Sequence
 
-from . import __version__
-from .model import Fact, Measurement, ProbeResult
-from .runner import RunReport
-from .verdict import Verdict
+from startd_health import __version__
+from startd_health.core.model import Fact, Measurement, ProbeResult
+from startd_health.core.runner import RunReport
+from startd_health.core.verdict import Verdict
 
 ATTR_PREFIX = "StartdHealth"
 MAX_STRING_CHARS = 300     # one reason in condor_status stays readable

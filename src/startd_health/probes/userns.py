@@ -37,9 +37,9 @@ import sys
 from dataclasses import dataclass
 from typing import Mapping, Optional, Tuple
 
-from monitor.config import Knob, parse_string
-from monitor.model import Probe, ProbeResult, Status
-from monitor.procs import last_line
+from startd_health.core.config import Knob, parse_string
+from startd_health.core.model import Probe, ProbeResult, Status
+from startd_health.system.procs import last_line
 
 MAX_USER_NAMESPACES = "proc/sys/user/max_user_namespaces"
 UNPRIVILEGED_USERNS_CLONE = "proc/sys/kernel/unprivileged_userns_clone"

@@ -63,8 +63,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from .config import ConfigError
-from .pool_knobs import POOL_KNOBS, default_collectors  # noqa: F401  (re-exported)
+from startd_health.core.config import ConfigError
+from startd_health.monitor.pool_knobs import POOL_KNOBS, default_collectors  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ CHILD_START_SECONDS = 5.0   # interpreter start and imports of the query child, 
 def _attribute(*parts: str) -> str:
     """StartdHealth attribute names as the cron renderer spells them; a
     fourth part is a measurement's label value (the image of a launch time)."""
-    from .cron import attribute, label_suffix
+    from startd_health.monitor.cron import attribute, label_suffix
     return attribute(*parts[:3]) + "".join("_" + label_suffix(label) for label in parts[3:])
 
 
@@ -287,12 +287,12 @@ def query_child_main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as exc:
         print(f"{type(exc).__name__}: {exc}".replace("\n", " "), file=sys.stderr)
         return 1
-    from .state import write_atomic
+    from startd_health.core.state import write_atomic
     write_atomic(out_path, json.dumps(snap.to_json(), separators=(",", ":")).encode())
     return 0
 
 
-_CHILD_CODE = ("import sys; from monitor.pool_exporter import query_child_main; "
+_CHILD_CODE = ("import sys; from startd_health.monitor.pool_exporter import query_child_main; "
                "sys.exit(query_child_main(sys.argv[1:3]))")
 
 
@@ -300,7 +300,7 @@ def run_query_child(collector: str, schema: Schema, extra_constraint: str, stale
                     workdir: str) -> Tuple[Optional[PoolSnapshot], str]:
     """(snapshot, '') or (None, why it failed); never takes much longer than
     timeout + CHILD_START_SECONDS."""
-    from .procs import run_command
+    from startd_health.system.procs import run_command
 
     out_path = os.path.join(workdir, "answer.json")
     try:
@@ -315,7 +315,7 @@ def run_query_child(collector: str, schema: Schema, extra_constraint: str, stale
     result = run_command([sys.executable, "-c", _CHILD_CODE, spec, out_path], timeout + CHILD_START_SECONDS,
                          env=env)
     if not result.ok:
-        from .procs import last_line
+        from startd_health.system.procs import last_line
         if result.timed_out:
             return None, f"no answer within {timeout + CHILD_START_SECONDS:g}s (query killed)"
         return None, last_line(result.stderr) or result.describe_failure()
@@ -344,8 +344,8 @@ def snapshot_families(snap: PoolSnapshot, node_metrics: bool = True) -> List[Any
     """The pool's metric families from one snapshot (built once per query, served to every scrape)."""
     from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 
-    from .exporter import LAUNCH_BUCKETS
-    from .metrics import singular
+    from startd_health.monitor.exporter import LAUNCH_BUCKETS
+    from startd_health.monitor.metrics import singular
 
     families: List[Any] = []
     nodes = GaugeMetricFamily(f"{POOL}_nodes", "machines by health state at the last query (stale: verdict "
@@ -451,7 +451,7 @@ class PoolExporter:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
-        from . import __version__
+        from startd_health import __version__
 
         with self._lock:
             snap, families = self.snapshot, self._families
@@ -487,7 +487,7 @@ class PoolExporter:
         import datetime
 
         from apscheduler.schedulers.background import BackgroundScheduler
-        from .exporter_listen import start_metrics_server
+        from startd_health.monitor.exporter_listen import start_metrics_server
 
         self.server = start_metrics_server(listen, self.registry, certfile, keyfile)
         self.scheduler = BackgroundScheduler(timezone=datetime.timezone.utc)
@@ -499,7 +499,7 @@ class PoolExporter:
                  listen[0], listen[1], ", ".join(self.collectors))
 
     def stop(self) -> None:
-        from .procs import kill_live_groups
+        from startd_health.system.procs import kill_live_groups
 
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
@@ -513,9 +513,9 @@ class PoolExporter:
 
 def run(config: Any) -> int:
     """`startd-health pool-exporter`: serve until SIGTERM (exit 0)."""
-    from probes import all_probes
+    from startd_health.probes import all_probes
 
-    from .exporter import serve_configured
+    from startd_health.monitor.exporter import serve_configured
 
     collectors = config["POOL_COLLECTORS"]
     if not collectors:

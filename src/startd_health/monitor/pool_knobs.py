@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
-from .config import CondorParams, Knob, parse_bool, parse_list, parse_positive_seconds
-from .exporter_listen import format_listen, parse_listen
+from startd_health.core.config import CondorParams, Knob, parse_bool, parse_list, parse_positive_seconds
+from startd_health.monitor.exporter_listen import format_listen, parse_listen
 
 
 def parse_constraint(text: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence, Tuple
 
-from .model import ProbeResult, Status
+from startd_health.core.model import ProbeResult, Status
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,3 @@
+from startd_health.cli import run
+
+run()
