@@ -8,12 +8,15 @@ the bindings. Real HTCondor and Apptainer in the test root filesystem."""
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 
-from packaging.pilot.build_zipapp import build
 from tests.realpool.pool import RealPool
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 pytestmark = pytest.mark.e2e
 
@@ -39,7 +42,9 @@ def pilot():
     pool.build()
     stop_master(pool)   # one an interrupted run left (its pid file is about to go)
     pool.sh(f"rm -rf {HOME} && install -d -o tester -g tester {HOME}")
-    build(pool.path(f"{HOME}/startd-health.pyz"))
+    # the builder as a pilot operator runs it (packaging/ is not a Python package)
+    subprocess.run([sys.executable, os.path.join(REPO_ROOT, "packaging", "pilot", "build_zipapp.py"),
+                    "--output", pool.path(f"{HOME}/startd-health.pyz")], check=True, timeout=120)
     config = f"""\
 # A pilot's own configuration: a personal pool run by the user tester, with
 # the installation layout a glidein's configuration names itself.
