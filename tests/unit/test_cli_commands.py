@@ -79,6 +79,12 @@ def test_each_command_lists_only_the_knobs_it_reads(cli_env, command, present, a
     assert not absent & flags, absent & flags
 
 
+def test_every_command_names_knobs_that_exist():
+    from startd_health.cli.knobs import knob_groups
+    for command in COMMANDS:
+        assert command.knobs == () or knob_groups(command.knobs), command.name
+
+
 def test_inside_script_reads_its_three_knobs(cli_env):
     proc = run_cli(["inside-script", "--help"], cli_env)
     knobs = flags_in(proc.stdout) - {"--help", "--debug", "--no-condor-config"}

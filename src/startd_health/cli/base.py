@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Any, Dict, List, Mapping, Sequence
 
-from startd_health.cli.knobs import MIN_DEADLINE, probe_knobs
+from startd_health.cli.knobs import MIN_DEADLINE, probe_classes, probe_knobs
 from startd_health.core.config import CondorParams, Config, ConfigError, load_config
 
 EXIT_OK, EXIT_INTERNAL, EXIT_CONFIG, EXIT_STATE = 0, 1, 2, 3
@@ -44,11 +44,6 @@ def require_packages(what: str, packages: Sequence[str]) -> None:
         raise ConfigError(f"{what} needs the Python package{'s' if len(missing) > 1 else ''} "
                           f"{', '.join(missing)}, not installed for {sys.executable or 'this Python'}: "
                           f"install {'them' if len(missing) > 1 else 'it'} or do without")
-
-
-def probe_classes() -> Dict[str, Any]:
-    from startd_health.probes import all_probes
-    return all_probes()
 
 
 def build_config(args: argparse.Namespace) -> Config:

@@ -7,8 +7,8 @@ import logging
 import signal
 import time
 
-from startd_health.cli.base import EXIT_CONFIG, EXIT_OK, EXIT_STATE, build_config, emit, on_sigterm, probe_settings
-from startd_health.cli.base import probe_classes
+from startd_health.cli.base import (EXIT_CONFIG, EXIT_OK, EXIT_STATE, build_config, emit, on_sigterm, probe_classes,
+                                    probe_settings)
 from startd_health.core.config import ConfigError
 
 DESCRIPTION = ("Run the on-demand benchmarks (unless a result younger than their _PERIOD exists), keep the "

@@ -13,7 +13,7 @@ import argparse
 import os
 from typing import List
 
-from startd_health.cli.base import EXIT_OK, build_config, emit
+from startd_health.cli.base import EXIT_OK, build_config, emit, probe_classes
 from startd_health.cli.knobs import Group, knob_groups, knobs_of
 from startd_health.core.config import PREFIX, ConfigError, describe, effective
 
@@ -37,7 +37,6 @@ def groups_for(names: List[str], groups: List[Group]) -> List[str]:
     """Selectors that load the named knobs and what their resolved defaults
     read (the rest of their group, the knobs their probe shares): a bad value
     of an unrelated knob must not keep `config NAME` from answering."""
-    from startd_health.cli.base import probe_classes
     group_of = {k.name: g.key for g in groups for k in g.knobs}
     unknown = [n for n in names if n not in group_of]
     if unknown:

@@ -93,7 +93,7 @@ def probe_knobs(name: str, cls: Any) -> Tuple[Knob, ...]:
     ) + tuple(cls.knobs)
 
 
-def _probe_classes() -> Dict[str, Any]:
+def probe_classes() -> Dict[str, Any]:
     from startd_health.probes import all_probes
     return all_probes()
 
@@ -120,7 +120,7 @@ def _selected(selectors: Iterable[str]) -> Tuple[set, set]:
     for selector in selectors:
         if selector in ("periodic probes", "on-demand probes"):
             periodic = selector == "periodic probes"
-            for name, cls in _probe_classes().items():
+            for name, cls in probe_classes().items():
                 if cls.periodic == periodic:
                     keys.add(name)
                     names.update(cls.shared_knobs)
@@ -144,7 +144,7 @@ def knob_groups(selectors: Sequence[str]) -> List[Group]:
     groups = core
     if everything or keys - {g.key for g in core} or names - {k.name for g in core for k in g.knobs}:
         groups = core + [Group(name, f"{name} probe", probe_knobs(name, cls))
-                         for name, cls in _probe_classes().items()]
+                         for name, cls in probe_classes().items()]
     chosen = []
     for group in groups:
         knobs = group.knobs if everything or group.key in keys else [k for k in group.knobs if k.name in names]

@@ -397,6 +397,12 @@ def resolved_nv_image(config) -> Tuple[str, str]:
     return images[0].partition("=")[2], "the first of STARTD_HEALTH_CONTAINER_IMAGES"
 
 
+def resolved_nvidia_smi(config) -> Tuple[str, str]:
+    """For `startd-health config`: the nvidia-smi an empty GPU_NVIDIA_SMI stands for."""
+    path = find_nvidia_smi("")[0]
+    return (path, "found in PATH") if path else ("", "none: no nvidia-smi in PATH, /usr/bin, /usr/local/bin")
+
+
 class GpuProbe(Probe):
     name = "gpu"
     description = ("NVIDIA GPUs: device nodes, PCI bus, nvidia-smi (driver, models, UUIDs), count compared with "
@@ -410,7 +416,8 @@ class GpuProbe(Probe):
              "tested", "PATH", default_text="the first of `STARTD_HEALTH_CONTAINER_IMAGES`",
              resolve=resolved_nv_image),
         Knob("GPU_NVIDIA_SMI", parse_string, "", "nvidia-smi to run (path or name)", "PATH",
-             default_text="`nvidia-smi` from PATH (or /usr/bin, /usr/local/bin)"),
+             default_text="`nvidia-smi` from PATH (or /usr/bin, /usr/local/bin)",
+             resolve=resolved_nvidia_smi),
         Knob("GPU_CONDOR_COUNT", parse_count, -1, "GPUs HTCondor should detect here; -1: HTCondor's "
              "`MACHINE_RESOURCE_GPUS`, else the count from its discovery command "
              "(`MACHINE_RESOURCE_INVENTORY_GPUS`, else `condor_gpu_discovery $(STARTD_DETECT_GPUS)`), run only "
