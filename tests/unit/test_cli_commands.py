@@ -41,6 +41,9 @@ def test_a_pool_exporter_knob_never_breaks_the_cron_run(cli_env):
     cron run an error ad."""
     cli_env["_CONDOR_STARTD_HEALTH_POOL_CONSTRAINT"] = 'GLIDEIN_Site == "X" &&'
     cli_env["_CONDOR_STARTD_HEALTH_POOL_INTERVAL"] = "often"
+    cli_env["_CONDOR_STARTD_HEALTH_EXPORTER_LISTEN"] = "nowhere"        # the exporter's
+    cli_env["_CONDOR_STARTD_HEALTH_HOOK_TIMEOUT"] = "soon"              # the hook's
+    cli_env["_CONDOR_STARTD_HEALTH_BENCHMARKS_RUN"] = "hepscore"        # the benchmark job's
     proc = run_cli(SESSIONS_ONLY, cli_env, entry="cron")
     assert proc.returncode == 0, proc.stderr
     ad = parse_cron_output(proc.stdout)

@@ -4,7 +4,6 @@ running command (only its own knobs), the probes it runs and their settings."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 from typing import Any, Dict, List, Mapping, Sequence
@@ -31,6 +30,7 @@ def on_sigterm(signum: int, frame: Any) -> None:
 
 def missing_package(package: str) -> bool:
     """Whether an optional package cannot be imported here (without importing it)."""
+    import importlib.util
     try:
         return importlib.util.find_spec(package) is None
     except (ImportError, ValueError):
