@@ -252,16 +252,28 @@ def test_pool_exporter_without_the_bindings_is_a_config_error(cli_env):
 
 
 def test_textfile_dir_without_prometheus_client_is_a_config_error_with_a_complete_ad(cli_env, tmp_path):
+    textdir = tmp_path / "textfile"
+    textdir.mkdir()
     code = ("import sys; sys.modules['prometheus_client'] = None; "
             "from startd_health.cli import cron_main; cron_main()")
-    proc = subprocess.run([sys.executable, "-c", code, *SESSIONS_ONLY, "--textfile-dir", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-c", code, *SESSIONS_ONLY, "--textfile-dir", str(textdir)],
                           env=cli_env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr
     ad = parse_cron_output(proc.stdout)
     assert ad["StartdHealthOk"] is False
     assert ad["StartdHealthReason"].startswith("configuration error: STARTD_HEALTH_TEXTFILE_DIR (command line "
                                                "--textfile-dir) needs the Python package prometheus_client")
-    assert "internal error" not in proc.stderr and not os.listdir(tmp_path)
+    assert "internal error" not in proc.stderr and not os.listdir(textdir)
+
+
+def test_textfile_is_written_by_the_cron_run(cli_env, tmp_path):
+    textdir = tmp_path / "textfile"
+    textdir.mkdir()
+    proc = run_cli([*SESSIONS_ONLY, "--textfile-dir", str(textdir)], cli_env, entry="cron")
+    assert proc.returncode == 0, proc.stderr
+    assert os.listdir(textdir) == ["startd_health.prom"]   # atomic: no temporary file left
+    path = textdir / "startd_health.prom"
+    assert oct(path.stat().st_mode & 0o777) == "0o644" and 'startd_health_probe_success{probe="sessions"} 1.0' in path.read_text()
 
 
 # ---------------------------------------------------------------- the periodic path stays cheap
