@@ -16,6 +16,7 @@ from typing import Any, List, Optional, Sequence
 from startd_health import __version__
 from startd_health.cli.base import EXIT_CONFIG, EXIT_OK, require_packages
 from startd_health.cli.commands import BY_NAME, COMMANDS, Command
+from startd_health.cli.knobs import knob_groups, knobs_of
 from startd_health.core.config import ConfigError
 
 DESCRIPTION = "Health and benchmark probes for an HTCondor execute node."
@@ -49,8 +50,6 @@ def _help(knob: Any) -> str:
 
 def add_command(sub: Any, common: argparse.ArgumentParser, command: Command) -> argparse.ArgumentParser:
     """The running command's parser: its arguments and its knobs, one section per group."""
-    from startd_health.cli.knobs import knob_groups, knobs_of
-
     module = _module(command)
     parser = sub.add_parser(command.name, parents=[common], help=command.help,
                             description=getattr(module, "DESCRIPTION", command.help),
@@ -107,7 +106,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_CONFIG
     try:
         if args.command_entry.needs:
-            require_packages(f"startd-health {args.command}", args.command_entry.needs)
+            require_packages(f"startd-health {args.command}", args.command_entry.needs,
+                             "use a Python that has the exporters' packages (the pilot zipapp does not bundle them)")
         return args.func(args)
     except ConfigError as exc:
         print(f"startd-health: error: {exc}", file=sys.stderr)

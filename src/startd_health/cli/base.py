@@ -37,13 +37,13 @@ def missing_package(package: str) -> bool:
         return True
 
 
-def require_packages(what: str, packages: Sequence[str]) -> None:
+def require_packages(what: str, packages: Sequence[str], otherwise: str) -> None:
     """One line naming what needs which missing optional package (a zipapp may lack them)."""
     missing = [p for p in packages if missing_package(p)]
     if missing:
         raise ConfigError(f"{what} needs the Python package{'s' if len(missing) > 1 else ''} "
                           f"{', '.join(missing)}, not installed for {sys.executable or 'this Python'}: "
-                          f"install {'them' if len(missing) > 1 else 'it'} or do without")
+                          f"install {'them' if len(missing) > 1 else 'it'}, or {otherwise}")
 
 
 def build_config(args: argparse.Namespace) -> Config:
@@ -64,7 +64,8 @@ def build_config(args: argparse.Namespace) -> Config:
                           f"must be at least {MIN_DEADLINE:g} seconds")
     for knob in knobs:
         if knob.needs and config[knob.name] and config[knob.name] != knob.default:
-            require_packages(f"{knob.param_name} ({config.source(knob.name)})", [knob.needs])
+            require_packages(f"{knob.param_name} ({config.source(knob.name)})", [knob.needs],
+                             f"leave {knob.param_name} empty")
     return config
 
 
