@@ -279,7 +279,7 @@ def effective(config: Config, knob: Knob) -> Tuple[str, str]:
     """(value as text, its source). A knob left empty whose value is worked
     out when it is used shows what it resolves to."""
     value, source = knob.format(config[knob.name]), config.source(knob.name)
-    if not value and knob.resolve is not None and source == "default":
+    if not value and knob.resolve is not None and source.startswith("default"):
         value, how = knob.resolve(config)
         source = f"default: {how}"
     return value, source
