@@ -33,9 +33,9 @@ MAIN = '''"""startd-health as a zipapp: `cron` unless another command is named."
 import sys
 
 from startd_health.cli import cron_main, run
+from startd_health.cli.commands import COMMAND_NAMES, TOP_LEVEL_OPTIONS
 
-COMMANDS = {"cron", "check", "config", "probes", "hook", "exporter", "benchmark"}
-if sys.argv[1:2] and (sys.argv[1] in COMMANDS or sys.argv[1] in ("-h", "--help", "-V", "--version")):
+if sys.argv[1:2] and (sys.argv[1] in COMMAND_NAMES or sys.argv[1] in TOP_LEVEL_OPTIONS):
     run()
 else:
     cron_main()

@@ -59,7 +59,7 @@ def test_rpm_contents(rpm):
                      "/usr/lib/systemd/system/startd-health-pool-exporter.service",
                      "/usr/share/startd-health/condor/51-startd-health-healthexprs.conf"):
         assert expected in files, expected
-    assert any(f.endswith("/site-packages/startd_health/cli.py") for f in files)
+    assert any(f.endswith("/site-packages/startd_health/cli/__init__.py") for f in files)
     assert any(f.endswith("/site-packages/startd_health/probes/container.py") for f in files)
     config = rpm_query(rpm, "-c").split()
     assert config == ["/etc/condor/config.d/50-startd-health.conf"]  # %config(noreplace): admins' edits survive

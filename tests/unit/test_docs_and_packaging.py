@@ -5,7 +5,7 @@ import os
 import re
 import time
 
-from startd_health.cli import all_knobs
+from startd_health.cli.knobs import all_knobs
 from startd_health.monitor.cron import render
 from startd_health.core.runner import RunReport
 from startd_health.core.verdict import judge
@@ -27,9 +27,8 @@ def documented(name: str) -> bool:
 
 
 def test_every_knob_is_documented():
-    for knob in all_knobs():
-        generic = re.sub(r"^STARTD_HEALTH_[A-Z]+_(PERIOD|TIMEOUT)$", r"STARTD_HEALTH_<PROBE>_\1", knob.param_name)
-        assert documented(generic), f"{knob.param_name} is missing from the README's knob table"
+    for knob in all_knobs():  # the table is generated (test_cli_commands checks it is up to date)
+        assert documented(knob.param_name), f"{knob.param_name} is missing from the README's knob table"
 
 
 def generic_name(name: str) -> str:

@@ -83,7 +83,10 @@ def format_value(value: Any) -> str:
 
 @dataclass(frozen=True)
 class Knob:
-    """One configuration variable: STARTD_HEALTH_<name>, flag --<name-in-lower-case>."""
+    """One configuration variable: STARTD_HEALTH_<name>, flag --<name-in-lower-case>.
+
+    This one declaration is all there is of a knob: the option, its --help
+    line, `startd-health config` and the README's knob table come from it."""
 
     name: str
     parse: Callable[[str], Any]
@@ -91,10 +94,30 @@ class Knob:
     help: str
     metavar: str = "VALUE"
     format: Callable[[Any], str] = format_value
+    # How the default reads when it is not a plain value (worked out at run
+    # time, or empty meaning "none"): shown by --help and the README.
+    default_text: str = ""
+    # A default worked out from HTCondor's configuration when the knob is
+    # not set: condor -> (value, source) or None (then `default` applies).
+    derive: Optional[Callable[["CondorParams"], Optional[Tuple[Any, str]]]] = None
+    # What an empty value stands for when it is used (e.g. the runtime the
+    # probe would find), for `startd-health config` only; the probe works
+    # it out itself each run. Config -> (value text, how it was found).
+    resolve: Optional[Callable[["Config"], Tuple[str, str]]] = None
+    # An optional Python package the knob's feature cannot work without,
+    # checked when the knob is set to something (not at its default).
+    needs: str = ""
 
     @property
     def param_name(self) -> str:
         return PREFIX + self.name
+
+    @property
+    def default_label(self) -> str:
+        """The default as people read it: default_text, else the value ("none" when empty)."""
+        if self.default_text:
+            return self.default_text
+        return self.format(self.default) if self.default not in ("", (), None) else "none"
 
     @property
     def flag(self) -> str:
@@ -252,7 +275,18 @@ def load_config(
     return Config(settings, condor)
 
 
+def effective(config: Config, knob: Knob) -> Tuple[str, str]:
+    """(value as text, its source). A knob left empty whose value is worked
+    out when it is used shows what it resolves to."""
+    value, source = knob.format(config[knob.name]), config.source(knob.name)
+    if not value and knob.resolve is not None and source.startswith("default"):
+        value, how = knob.resolve(config)
+        source = f"default: {how}"
+    return value, source
+
+
 def describe(config: Config, knobs: Sequence[Knob]) -> List[str]:
-    """Lines for `startd-health config`: NAME = value  # source."""
+    """Lines for `startd-health config`: NAME = value    # source."""
     width = max(len(k.param_name) for k in knobs)
-    return [f"{k.param_name:<{width}} = {k.format(config[k.name])}    # {config.source(k.name)}" for k in knobs]
+    return [f"{k.param_name:<{width}} = {value}    # {source}"
+            for k in knobs for value, source in [effective(config, k)]]

@@ -297,9 +297,10 @@ class BenchmarksProbe(Probe):
     default_period = 4 * 3600.0  # `benchmark` re-uses a result younger than this (unless --force)
     default_timeout = 300.0
     knobs = (
-        Knob("BENCHMARKS_RUN", parse_kinds, KINDS, "benchmarks to run: db12, matmul, memory", "LIST"),
+        Knob("BENCHMARKS_RUN", parse_kinds, KINDS, "benchmarks `startd-health benchmark` runs: db12, matmul, "
+             "memory", "LIST"),
         Knob("BENCHMARKS_FAST", parse_bool, False, "short mode for frequent runs: DB12 passes of 1/10 the draws "
-             "(still in DB12 units, noisier), matmul and memory at most 2 s each", "BOOL"),
+             "(scaled to DB12 units, noisier), matmul and memory at most 2 s each", "BOOL"),
         Knob("BENCHMARKS_DB12_PASSES", parse_positive_int, 1, "measured DB12 passes per copy (after the "
              "discarded warm-up pass), as DB12's --iterations", "N"),
         Knob("BENCHMARKS_DB12_SECONDS", parse_positive_seconds, 180.0, "budget for DB12, one copy then one "

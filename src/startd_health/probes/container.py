@@ -305,6 +305,21 @@ def judge(g: Gathered, partial_ok: bool = False) -> ProbeResult:
     return ProbeResult("container", status, f"{summary}; {errors}", facts, measurements)
 
 
+def resolved_runtime(config) -> Tuple[str, str]:
+    """For `startd-health config`: the runtime an empty CONTAINER_RUNTIME
+    stands for here, found as the probe finds it (a module command is not
+    run just to show it)."""
+    module_command = config["CONTAINER_MODULE"]
+    if module_command:
+        return "", f"what {module_command!r} (STARTD_HEALTH_CONTAINER_MODULE) puts in PATH"
+
+    class Lookup:   # find_runtime reads only these without a module command
+        settings = {"runtime": "", "module": ""}
+        condor = config.condor
+    runtime, error = find_runtime(Lookup)
+    return (runtime.path, f"found via {runtime.source}") if runtime else ("", f"none: {error}")
+
+
 class ContainerProbe(Probe):
     name = "container"
     shared_knobs = ("CVMFS_REPOSITORIES", "CVMFS_ROOT")
@@ -312,28 +327,33 @@ class ContainerProbe(Probe):
     default_period = 300.0
     default_timeout = 120.0
     knobs = (
-        Knob("CONTAINER_REQUIREMENT", parse_requirement, "OPTIONAL", "REQUIRED: a container problem makes the node "
-             "refuse all jobs; OPTIONAL: it only degrades the node, which advertises that containers do not "
-             "work (StartdHealthContainerAvailable = false); NEVER: containers are not used, nothing is tested",
+        Knob("CONTAINER_REQUIREMENT", parse_requirement, "OPTIONAL", "`REQUIRED`: a container problem makes the "
+             "node refuse all jobs; `OPTIONAL`: it only degrades the node, which advertises "
+             "`StartdHealthContainerAvailable = false`; `NEVER`: containers are not used, nothing is tested",
              "LEVEL"),
-        Knob("CONTAINER_RUNTIME", parse_string, "", "runtime to test (path or name); default: HTCondor's "
-             "SINGULARITY if it is an executable, else apptainer or singularity from PATH", "PATH"),
+        Knob("CONTAINER_RUNTIME", parse_string, "", "runtime to test (path or name)", "PATH",
+             default_text="HTCondor's `SINGULARITY` when HTCondor is configured (no PATH fallback then: "
+             "the probe tests what the starter runs), else `apptainer`/`singularity` from PATH",
+             resolve=resolved_runtime),
         Knob("CONTAINER_MODULE", parse_string, "", "shell command that makes the runtime available, run in a "
-             "login shell (e.g. 'module load apptainer')", "COMMAND"),
-        Knob("CONTAINER_IMAGES", parse_images, (), "images to launch, as [name=]path entries separated by "
+             "login shell (e.g. `module load apptainer`)", "COMMAND"),
+        Knob("CONTAINER_IMAGES", parse_images, (), "images to launch, as `[name=]path` entries separated by "
              "commas or spaces; the names are what jobs match on", "LIST"),
         Knob("CONTAINER_FLAGS", parse_args, parse_args(DEFAULT_FLAGS), "flags given to `exec` for each "
-             "launch test", "FLAGS", format_args),
+             "launch test (the default is the OSG set)", "FLAGS", format_args),
         Knob("CONTAINER_LAUNCH_TIMEOUT", parse_seconds, 30.0, "budget for one image launch", "SECONDS"),
         Knob("CONTAINER_BINDS", parse_list, (), "paths that must be present inside every image (bind mounts "
-             "such as /cvmfs; give the matching --bind in CONTAINER_FLAGS if HTCondor adds it for jobs)", "LIST"),
-        Knob("CONTAINER_CONDOR_IMAGE", parse_bool, True, "also launch the image HTCondor's SINGULARITY_IMAGE_EXPR "
-             "names when it is a plain path (published as condor_default)", "BOOL"),
+             "such as `/cvmfs`; give the matching `--bind` in CONTAINER_FLAGS if HTCondor adds it for jobs)",
+             "LIST"),
+        Knob("CONTAINER_CONDOR_IMAGE", parse_bool, True, "also launch the image HTCondor's "
+             "`SINGULARITY_IMAGE_EXPR` names when it is a plain path (published as image `condor_default`): "
+             "the probe tests what HTCondor will use", "BOOL"),
         Knob("CONTAINER_CVMFS", parse_bool, True, "also check the CVMFS repositories "
-             "(STARTD_HEALTH_CVMFS_REPOSITORIES) inside every image; bind /cvmfs in CONTAINER_FLAGS as jobs get it",
+             "(`STARTD_HEALTH_CVMFS_REPOSITORIES`) inside every image; put the `--bind /cvmfs` your jobs get "
+             "into `STARTD_HEALTH_CONTAINER_FLAGS`",
              "BOOL"),
         Knob("CONTAINER_PARTIAL_OK", parse_bool, False, "when some but not all images launch, report "
-             "degraded (node stays usable; jobs must match on StartdHealthContainerImagesOk) instead of failed",
+             "degraded (node stays usable; jobs must match on `StartdHealthContainerImagesOk`) instead of failed",
              "BOOL"),
     )
 

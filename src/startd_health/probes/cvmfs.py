@@ -483,12 +483,14 @@ class CvmfsProbe(Probe):
     default_timeout = 30.0
     knobs = (
         Knob("CVMFS_REPOSITORIES", parse_repositories, (), "repositories to check, separated by commas or "
-             "spaces (e.g. oasis.opensciencegrid.org); none: the probe is skipped", "LIST"),
+             "spaces (e.g. `oasis.opensciencegrid.org, cms.cern.ch`)", "LIST", default_text="none (probe skipped)"),
         Knob("CVMFS_ROOT", parse_root, DEFAULT_ROOT, "where the repositories are mounted", "PATH"),
-        Knob("CVMFS_REPO_TIMEOUT", parse_positive_seconds, 20.0, "budget for checking one repository; a "
-             "check that hangs is abandoned and the repository reported failed", "SECONDS"),
+        Knob("CVMFS_REPO_TIMEOUT", parse_positive_seconds, 20.0, "budget for one repository (listing + extended "
+             "attributes, in a child process); shortened to fit the probe's budget; a check that hangs is "
+             "abandoned and the repository failed", "SECONDS"),
         Knob("CVMFS_QUARANTINE", parse_seconds, DEFAULT_QUARANTINE_SECONDS, "a repository that failed, or "
-             "whose client reported an I/O error, stays unusable this long (0: no quarantine)", "SECONDS"),
+             "whose client reported an I/O error, stays unusable this long; 0 turns it off", "SECONDS",
+             default_text="14400 (4 h, as the OSPool pilot)"),
     )
 
     def run(self, ctx) -> ProbeResult:

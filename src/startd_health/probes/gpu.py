@@ -389,6 +389,20 @@ def _hardware_text(g: Gathered) -> str:
     return " and ".join(parts)
 
 
+def resolved_nv_image(config) -> Tuple[str, str]:
+    """For `startd-health config`: the image an empty GPU_NV_IMAGE stands for (as nv_launch picks it)."""
+    images = config["CONTAINER_IMAGES"]
+    if not images:
+        return "", "none: STARTD_HEALTH_CONTAINER_IMAGES is empty, --nv is not tested"
+    return images[0].partition("=")[2], "the first of STARTD_HEALTH_CONTAINER_IMAGES"
+
+
+def resolved_nvidia_smi(config) -> Tuple[str, str]:
+    """For `startd-health config`: the nvidia-smi an empty GPU_NVIDIA_SMI stands for."""
+    path = find_nvidia_smi("")[0]
+    return (path, "found in PATH") if path else ("", "none: no nvidia-smi in PATH, /usr/bin, /usr/local/bin")
+
+
 class GpuProbe(Probe):
     name = "gpu"
     description = ("NVIDIA GPUs: device nodes, PCI bus, nvidia-smi (driver, models, UUIDs), count compared with "
@@ -397,14 +411,17 @@ class GpuProbe(Probe):
     default_timeout = 60.0
     shared_knobs = ("CONTAINER_IMAGES", "CONTAINER_RUNTIME")
     knobs = (
-        Knob("GPU_NV_IMAGE", parse_string, "", "image launched with --nv on nodes with GPUs to count the GPUs "
-             "inside (default: the first of STARTD_HEALTH_CONTAINER_IMAGES; none: not tested)", "PATH"),
-        Knob("GPU_NVIDIA_SMI", parse_string, "", "nvidia-smi to run (path or name); default: nvidia-smi from PATH "
-             "(or /usr/bin, /usr/local/bin)", "PATH"),
-        Knob("GPU_CONDOR_COUNT", parse_count, -1, "number of GPUs HTCondor should detect here; default (-1): "
-             "HTCondor's MACHINE_RESOURCE_GPUS, else the count from its discovery command "
-             "(MACHINE_RESOURCE_INVENTORY_GPUS, else condor_gpu_discovery $(STARTD_DETECT_GPUS)), run only "
-             "when there is a GPU", "N"),
+        Knob("GPU_NV_IMAGE", parse_string, "", "on a node with GPUs, launch this image with `--nv` and count the "
+             "GPUs `nvidia-smi -L` sees inside (HTCondor adds `--nv` for GPU jobs but never tests it); none: not "
+             "tested", "PATH", default_text="the first of `STARTD_HEALTH_CONTAINER_IMAGES`",
+             resolve=resolved_nv_image),
+        Knob("GPU_NVIDIA_SMI", parse_string, "", "nvidia-smi to run (path or name)", "PATH",
+             default_text="`nvidia-smi` from PATH (or /usr/bin, /usr/local/bin)",
+             resolve=resolved_nvidia_smi),
+        Knob("GPU_CONDOR_COUNT", parse_count, -1, "GPUs HTCondor should detect here; -1: HTCondor's "
+             "`MACHINE_RESOURCE_GPUS`, else the count from its discovery command "
+             "(`MACHINE_RESOURCE_INVENTORY_GPUS`, else `condor_gpu_discovery $(STARTD_DETECT_GPUS)`), run only "
+             "when a GPU is present", "N", default_text="-1 (work it out)"),
     )
 
     def run(self, ctx) -> ProbeResult:

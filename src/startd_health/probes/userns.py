@@ -296,6 +296,13 @@ def judge(g: Gathered) -> ProbeResult:
                        f"{works}; {g.subuid_count} subuids, {g.subgid_count} subgids for {g.subid_owner}", facts)
 
 
+def resolved_user(config) -> Tuple[str, str]:
+    """For `startd-health config`: the account an empty USERNS_USER stands for (as gather picks it)."""
+    account, as_root = choose_account(config.condor)
+    return account.name, ("root: no other account exists" if as_root
+                          else "the running user" if os.geteuid() != 0 else "the account root tests as")
+
+
 class UsernsProbe(Probe):
     name = "userns"
     description = ("unprivileged user namespaces: sysctls, a real unshare(CLONE_NEWUSER), subuid/subgid ranges, "
@@ -303,9 +310,10 @@ class UsernsProbe(Probe):
     default_period = 300.0
     default_timeout = 30.0
     knobs = (
-        Knob("USERNS_USER", parse_string, "", "account whose subuid/subgid ranges are checked, and which the "
-             "clone is tested as when the probe runs as root; default: the running user (as root: the sudo "
-             "user, HTCondor's account, else nobody)", "USER"),
+        Knob("USERNS_USER", parse_string, "", "account whose subuid/subgid ranges are counted and, when the "
+             "probe runs as root, that the clone is tested as", "USER",
+             default_text="the running user (as root: the sudo user, HTCondor's account, else `nobody`)",
+             resolve=resolved_user),
     )
 
     def run(self, ctx) -> ProbeResult:
