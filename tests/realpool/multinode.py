@@ -66,6 +66,8 @@ import time
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence
 
+from startd_health.system.procs import descendants, process_table
+
 from .pool import RealPool
 
 HERE_TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # tests/
@@ -549,15 +551,15 @@ class MultiNodePool:
         in a FUSE read holds no lock that reading its environment needs)."""
         startd = self.startd_pid(name)
         table = process_table()
-        inside = descendants(table, startd) if startd is not None else set()
+        inside = descendants(table, [startd]) if startd is not None else set()
         # the node's simulated CVMFS server (squashfuse daemonises: init's child)
         ns = self.namespaces.get(name)
         inside |= set(self.fuse_servers([ns])) if ns else set()
         mark = f"{NODE_MARK}={name}".encode()
         images = self.image_inodes(name)
         found = []
-        for pid, (ppid, state, comm) in sorted(table.items()):
-            if pid in inside or pid == startd or state in ("Z", "X"):
+        for pid, info in sorted(table.items()):
+            if pid in inside or pid == startd or info.state in ("Z", "X"):
                 continue
             try:
                 with open(f"/proc/{pid}/environ", "rb") as handle:
@@ -565,7 +567,7 @@ class MultiNodePool:
             except OSError:
                 marked = False
             if marked or holds_inode(pid, images):
-                found.append(f"{pid} {state} {comm}")
+                found.append(f"{pid} {info.state} {process_name(pid)}")
         return found
 
     def image_inodes(self, name: str) -> set:
@@ -592,20 +594,12 @@ class MultiNodePool:
         return [block for block in out.split("\n\n") if block.strip()]
 
 
-def process_table() -> Dict[int, tuple]:
-    """pid -> (ppid, state, comm) of every process, from /proc/<pid>/stat only."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                head, rest = handle.read().rsplit(")", 1)
-            fields = rest.split()
-            table[int(entry)] = (int(fields[1]), fields[0], head.split("(", 1)[1])
-        except (OSError, IndexError, ValueError):
-            continue
-    return table
+def process_name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as handle:
+            return handle.read().strip()
+    except OSError:
+        return "?"
 
 
 def holds_inode(pid: int, inodes: set) -> bool:
@@ -627,19 +621,6 @@ def holds_inode(pid: int, inodes: set) -> bool:
         except (OSError, ValueError, IndexError):
             continue
     return False
-
-
-def descendants(table: Dict[int, tuple], root: int) -> set:
-    children: Dict[int, List[int]] = {}
-    for pid, (ppid, _, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    found, todo = set(), [root]
-    while todo:
-        for child in children.get(todo.pop(), ()):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
 
 
 def gpu_uuid(index: int) -> str:

@@ -324,9 +324,52 @@ def _reap(pids: Iterable[int]) -> None:
             _unreaped.add(pid)
 
 
+def _our_children() -> Optional[Set[int]]:
+    """Our children, from /proc/self/task/*/children (each thread's own:
+    a child belongs to the thread that forked it); None where the kernel
+    does not offer these files."""
+    children: Set[int] = set()
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/children") as handle:
+                children.update(int(pid) for pid in handle.read().split())
+        except FileNotFoundError:   # the thread has just ended
+            continue
+        except (OSError, ValueError):
+            return None
+    return children
+
+
+def _nothing_left(leader: Optional[int]) -> bool:
+    """The cheap common case, without reading the whole process table:
+    nothing is left in the command's group, and no child of ours but
+    running commands (whatever else the command left would have been
+    re-parented to us, or still be in its group, or below one of these)."""
+    if leader is not None:
+        try:
+            os.killpg(leader, 0)
+            return False
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            return False
+    children = _our_children()
+    if children is None:
+        return False
+    with _live_lock:
+        others = children - set(_live_groups) - _abandoned
+    return not others
+
+
 def _end_family(leader: int, since_ticks: int, wait: float) -> Tuple[int, ...]:
     """SIGKILL what is left of the command's family; wait up to `wait` for it
     to go; reap the orphans among it. Returns the pids still alive then."""
+    if _nothing_left(leader):
+        return ()
     victims = family(leader, since_ticks)
     me = os.getpid()
     if victims:
@@ -354,6 +397,8 @@ def reap_orphans(since_ticks: int = 0) -> Tuple[int, ...]:
     """Kill and reap every process re-parented to us since since_ticks (and
     its descendants) that belongs to no running command; the pids still
     alive after that."""
+    if _nothing_left(None):
+        return ()
     table = process_table()
     with _live_lock:
         live = dict(_live_groups)
