@@ -133,3 +133,6 @@ def test_touched_repositories():
                 "binds": ("/cvmfs/c.org/sw", "/cvmfs", "/data", "/cvmfs/a.org")}
     assert launch_guard.touched_repositories(settings) == ("a.org", "b.org", "c.org")
     assert launch_guard.touched_repositories(dict(settings, cvmfs=False)) == ("c.org", "a.org")
+    assert launch_guard.touched_repositories(dict(settings, cvmfs=False), "/cvmfs/img.org/el9:latest") == (
+        "img.org", "c.org", "a.org")
+    assert launch_guard.touched_repositories(dict(settings, cvmfs=False, binds=()), "/opt/el9.sif") == ()

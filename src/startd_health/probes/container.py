@@ -243,10 +243,9 @@ def gather(ctx) -> Gathered:
     repos = tuple(ctx.settings.get("cvmfs_repositories") or ()) if ctx.settings.get("cvmfs", True) else ()
     sections = [cvmfs.inside_script(ctx.settings["cvmfs_root"], repos)] if repos else []
     script = inside.script(ctx.settings["binds"], sections)
-    touched = launch_guard.touched_repositories(ctx.settings)
     for image, path in images_to_test(ctx):
         # Not into a known trap: each try would leave one more stuck process.
-        refused = launch_guard.refused(ctx, image, touched)
+        refused = launch_guard.refused(ctx, image, launch_guard.touched_repositories(ctx.settings, path))
         if refused:
             launches.append(Launch(image, path, False, 0.0, error=refused))
             continue

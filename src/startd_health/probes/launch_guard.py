@@ -5,8 +5,9 @@ leave one more (measured before this guard: 11 after 10 cron runs on a node
 behind a hung CVMFS repository).
 
 Before launching an image, refused() says why not to, when
-- a CVMFS repository the launch would touch (the inside check of
-  STARTD_HEALTH_CVMFS_REPOSITORIES, an expected bind under a repository) is
+- a CVMFS repository the launch would touch (the image itself, when it is
+  on CVMFS; the inside check of STARTD_HEALTH_CVMFS_REPOSITORIES; an
+  expected bind under a repository) is
   known hung: the cvmfs probe left a child stuck on it (its record in the
   cvmfs probe's scratch directory, cvmfs.still_hung), or
 - this image's previous launch left processes stuck and they are still
@@ -31,16 +32,22 @@ from . import cvmfs
 LAUNCH_RECORD = "stuck-launch-{image}"
 
 
-def touched_repositories(settings: Mapping[str, Any]) -> Tuple[str, ...]:
-    """The CVMFS repositories a launch reads: those checked inside the image,
-    and those holding an expected bind mount (its presence is tested)."""
+def repository_of(path: str, root: str) -> str:
+    """'/cvmfs/a.org/x/y' -> 'a.org' (root /cvmfs); '' when not under root."""
+    relative = os.path.relpath(os.path.normpath(path), root)
+    return "" if relative == "." or relative.startswith("..") else relative.split(os.sep)[0]
+
+
+def touched_repositories(settings: Mapping[str, Any], image_path: str = "") -> Tuple[str, ...]:
+    """The CVMFS repositories a launch of the image reads: the one holding
+    the image, those checked inside it, and those holding an expected bind
+    mount (its presence is tested)."""
     root = settings.get("cvmfs_root") or cvmfs.DEFAULT_ROOT
-    touched: List[str] = list(settings.get("cvmfs_repositories") or ()) if settings.get("cvmfs", True) else []
-    for bind in settings.get("binds") or ():
-        relative = os.path.relpath(os.path.normpath(bind), root)
-        if relative != "." and not relative.startswith(".."):
-            touched.append(relative.split(os.sep)[0])
-    return tuple(dict.fromkeys(touched))
+    touched: List[str] = [repository_of(image_path, root)] if image_path else []
+    if settings.get("cvmfs", True):
+        touched += settings.get("cvmfs_repositories") or ()
+    touched += [repository_of(bind, root) for bind in settings.get("binds") or ()]
+    return tuple(repo for repo in dict.fromkeys(touched) if repo)
 
 
 def refused(ctx: Any, image: str, repositories: Sequence[str]) -> str:
