@@ -142,20 +142,46 @@ def test_another_running_commands_daemon_is_left_alone_until_that_command_ends(t
     long = threading.Thread(target=lambda: box.setdefault(
         "r", run_command([sys.executable, "-I", "-S", "-c", DAEMONIZE, "300", "1.5"], timeout=10)))
     long.start()
-    deadline = time.monotonic() + 5
-    daemon = None
-    while daemon is None and time.monotonic() < deadline:
-        for pid in sim.children_of(os.getpid()):
-            info = process_info(pid)
-            if info is not None and info.pgrp != pid:   # not a command (each leads its group): the daemon
-                daemon = pid
-        time.sleep(0.02)
+    daemon = find_daemon()
     assert daemon is not None
     time.sleep(0.05)   # a later clock tick than the daemon's start (10 ms resolution)
     assert run_command(["/bin/true"], timeout=5).ok
     assert pids_alive([daemon]) == [daemon]     # the other command's helper lives on
     long.join(10)
     assert box["r"].ok and gone_and_reaped(daemon)
+
+
+def find_daemon(timeout=5.0):
+    """Our child that leads no group of its own: not a command (each leads
+    its group) but a daemon re-parented to us."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in sim.children_of(os.getpid()):
+            info = process_info(pid)
+            if info is not None and info.pgrp != pid:
+                return pid
+        time.sleep(0.02)
+    return None
+
+
+def test_a_daemon_started_while_another_command_runs_is_left_to_its_own_command():
+    """The other way round (the sessions probe's escapees while a launch
+    runs): a command that ends must not take a helper that another, still
+    running command daemonised after the first one had started."""
+    box = {}
+    short = threading.Thread(target=lambda: box.setdefault("short", run_command(["sleep", "0.7"], timeout=5)))
+    short.start()
+    time.sleep(0.05)
+    long = threading.Thread(target=lambda: box.setdefault(
+        "long", run_command([sys.executable, "-I", "-S", "-c", DAEMONIZE, "300", "2"], timeout=10)))
+    long.start()
+    daemon = find_daemon()
+    assert daemon is not None
+    short.join(5)
+    assert box["short"].ok and "long" not in box
+    assert pids_alive([daemon]) == [daemon]     # the short command ended; the long one's helper lives on
+    long.join(10)
+    assert box["long"].ok and gone_and_reaped(daemon)
 
 
 def test_subreaper_only_while_commands_run():

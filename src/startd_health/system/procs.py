@@ -255,15 +255,21 @@ def _signal(pids: Iterable[int], sig: int) -> None:
 
 def _orphans(table: Mapping[int, ProcessInfo], since_ticks: int, live: Mapping[int, int]) -> Set[int]:
     """Processes re-parented to us (we are their parent, but not as a
-    command we started and still run) that started at or after since_ticks,
-    and are in no running command's session or group."""
+    command we started and still run) that started at or after since_ticks
+    and cannot be a running command's: in no running command's session or
+    group, and older than every running command (an orphan nothing tells
+    apart from a helper a running command daemonised and still uses, such as
+    the sessions probe's escapees, is left to that command's end, or to the
+    end of the run)."""
     me, own_group = os.getpid(), os.getpgrp()
+    oldest_running = min(live.values(), default=None)
     # Not in our own group: a child some other code of ours started without
     # a session of its own; a helper that stayed in a command's group is
     # found by that group.
     return {p.pid for p in table.values()
             if p.ppid == me and p.pid not in live and p.session not in live and p.pgrp not in live
-            and p.pgrp != own_group and p.start_ticks >= since_ticks}
+            and p.pgrp != own_group and p.start_ticks >= since_ticks
+            and (oldest_running is None or p.start_ticks < oldest_running)}
 
 
 def family(leader: int, since_ticks: int, table: Optional[Mapping[int, ProcessInfo]] = None) -> Set[int]:
