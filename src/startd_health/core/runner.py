@@ -6,6 +6,10 @@ ProbeContext.run, whose timeout is clamped to that budget and whose process
 groups the runner kills if the probe overruns. A probe that raises becomes a
 failed result naming the exception; one that does not return in time becomes
 a failed result saying so, and its thread is abandoned, never joined.
+
+While probes run we are a child subreaper (procs.reaping): whatever a
+command daemonised is re-parented to us, killed with its command's family,
+and at the latest when the run ends.
 """
 
 from __future__ import annotations
