@@ -30,11 +30,16 @@ repaired and the gates are watched until every node accepts again.
 Counted: jobs that landed on each faulty node (claim activations in that
 node's StartLog: every attempt to run a job there), jobs that ended held or
 failed (non-zero exit), jobs not done by the deadline, and per node the time
-from injection to refusing and from repair to accepting.
+from injection to refusing and from repair to accepting. Leftover processes:
+per faulty node, the processes it started that outlived what started them
+(MultiNodePool.leftover_processes), counted after each of its cron runs while
+the fault lasts (the faults are kept for at least --leftover-runs runs); the
+goal is no growth after the first run.
 
 usage (as root; builds the root filesystem on first use):
   python3 benchmarks/fault_experiment.py [--configs baseline,startd-health,startd-health-pinned]
-      [--jobs 110] [--gpu-jobs 10] [--batch-timeout 300] [--nodes node1,node5] [--json results.json]
+      [--jobs 110] [--gpu-jobs 10] [--batch-timeout 300] [--leftover-runs 10]
+      [--nodes node1,node5] [--json results.json]
 The host Python needs the htcondor bindings (htcondor2, classad2). About 3 minutes per
 configuration on a 2-core machine; every pool is stopped and every FUSE mount removed at the end.
 """
@@ -137,6 +142,11 @@ class GateWatcher:
         self.jobs = jobs
         self.interval = interval
         self.samples: List[Tuple[float, Dict[str, bool], Dict[str, str]]] = []
+        # node -> StartdHealthTimestamp values seen, with when first seen: one per cron run
+        self.cron_runs: Dict[str, Dict[int, float]] = defaultdict(dict)
+        # node -> [(when, cron runs since the faults, leftover processes)]
+        self.leftovers: Dict[str, List[Tuple[float, int, List[str]]]] = defaultdict(list)
+        self.count_leftovers_since: Optional[float] = None   # set at injection: start counting
         self.wall_offset = time.time() - time.monotonic()   # monotonic -> epoch
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="gate-watcher", daemon=True)
@@ -166,6 +176,9 @@ class GateWatcher:
                     ad[res] = total
             job = self.jobs["gpu" if spec.gpu_only else "cpu"]
             accepts[node] = bool(job.matches(ad))
+            stamp = ad.get("StartdHealthTimestamp")
+            if isinstance(stamp, int):
+                self.cron_runs[node].setdefault(stamp, time.monotonic())
             ok = ad.get("StartdHealthOk")
             if ok is not None:
                 reasons[node] = "ok" if ok is True else str(ad.get("StartdHealthReason", ""))[:160]
@@ -177,10 +190,23 @@ class GateWatcher:
             try:
                 accepts, reasons = self.sample()
                 self.samples.append((t, accepts, reasons))
+                if self.count_leftovers_since is not None:
+                    for spec in self.mpool.nodes:
+                        if spec.fault:
+                            self.leftovers[spec.name].append(
+                                (t, self.runs_since(spec.name, self.count_leftovers_since),
+                                 self.mpool.leftover_processes(spec.name)))
             except Exception as exc:   # a slow condor_status must not end the watch
                 self.errors += 1
                 log(f"gate watcher: {type(exc).__name__}: {exc}")
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - t)))
+
+    def runs_since(self, node: str, since: float) -> int:
+        """Cron runs of the node that published after `since` (without
+        startd-health: periods elapsed, as HTCondor alone runs no cron job)."""
+        if node in self.cron_runs:
+            return sum(1 for seen in self.cron_runs[node].values() if seen >= since)
+        return int((time.monotonic() - since) // CRON_PERIOD)
 
     def latest(self) -> Dict[str, bool]:
         return self.samples[-1][1] if self.samples else {}
@@ -337,6 +363,7 @@ def run_config(config: str, args: argparse.Namespace, nodes: List[NodeSpec]) -> 
         t_inject = time.monotonic()
         for spec in broken:
             mpool.inject(spec.name)
+        watcher.count_leftovers_since = t_inject
         refused = watcher.wait(lambda acc: all(acc.get(n.name) is False for n in broken), args.detect_timeout)
         log(f"faulty nodes refusing: {refused} ({time.monotonic() - t_inject:.0f}s after injection)")
         if watcher.samples:
@@ -363,6 +390,15 @@ def run_config(config: str, args: argparse.Namespace, nodes: List[NodeSpec]) -> 
         if counts:   # what is left is removed (a job stuck on a hung node goes once the node is repaired)
             pool.enter("condor_rm", "-all", timeout=60, check=False)
 
+        # Leftovers pile up per cron run: keep the faults until every faulty
+        # node has had --leftover-runs runs (the batch alone may be shorter).
+        if args.leftover_runs:
+            enough = wait_until(lambda: all(watcher.runs_since(n.name, t_inject) >= args.leftover_runs
+                                            for n in broken), args.leftover_runs * CRON_PERIOD * 2 + 60)
+            log(f"cron runs since injection: {({n.name: watcher.runs_since(n.name, t_inject) for n in broken})}"
+                + ("" if enough else " (fewer than --leftover-runs: timed out)"))
+        result["leftover_processes"] = leftover_summary(watcher, broken)
+        log(f"leftover processes per faulty node: {result['leftover_processes']}")
         stuck_procs = {spec.name: mpool.stuck_processes(spec.name) for spec in broken}
         result["stuck_processes_before_repair"] = {k: v for k, v in stuck_procs.items() if v}
         if result["stuck_processes_before_repair"]:
@@ -425,6 +461,27 @@ def run_config(config: str, args: argparse.Namespace, nodes: List[NodeSpec]) -> 
         log(f"=== {config}: pool stopped, mounts gone ({time.monotonic() - t_start:.0f}s)")
 
 
+def leftover_summary(watcher: GateWatcher, broken: List[NodeSpec]) -> Dict[str, Dict[str, Any]]:
+    """Per faulty node: leftover processes (the node's processes outside its
+    startd's tree) after its first cron run with the fault and at the end,
+    the growth in between, and what was left at the end."""
+    summary = {}
+    for spec in broken:
+        series = watcher.leftovers.get(spec.name, [])
+        after_first = [len(procs) for _, runs, procs in series if runs >= 1]
+        last_runs, last = (series[-1][1], series[-1][2]) if series else (0, [])
+        summary[spec.name] = {
+            "fault": spec.fault,
+            "cron_runs": last_runs,
+            "after_first_run": after_first[0] if after_first else None,
+            "at_end": len(last),
+            "max": max((len(p) for _, _, p in series), default=0),
+            "growth": (len(last) - after_first[0]) if after_first else None,
+            "left_at_end": last[:20],
+        }
+    return summary
+
+
 def fmt_s(value: Optional[float], window: float) -> str:
     return f"never (>{window:.0f} s)" if value is None else f"{value:.0f} s"
 
@@ -464,6 +521,18 @@ def table(results: List[Dict[str, Any]], nodes: List[NodeSpec]) -> str:
     lines.append("| batch wall time | " + " | ".join(
         f"{r['batch_seconds']:.0f} s" + (f" ({r['stuck_running_at_end']} stuck)" if r["stuck_running_at_end"] else "")
         for r in results) + " |")
+    lines += ["", "| leftover processes (node's processes outside its startd's tree) | " + " | ".join(configs) + " |",
+              "|---|" + "---|" * len(configs)]
+    for spec in nodes:
+        if not spec.fault:
+            continue
+        cells = []
+        for r in results:
+            left = r.get("leftover_processes", {}).get(spec.name)
+            cells.append("-" if left is None else
+                         f"{left['after_first_run']} after run 1, {left['at_end']} after run {left['cron_runs']} "
+                         f"(growth {left['growth']})")
+        lines.append(f"| {spec.name} {spec.fault} | " + " | ".join(cells) + " |")
     lines += ["", "How each fault was injected:"]
     lines += [f"- {spec.name} {spec.fault}: {FAULT_HOW[spec.fault]}" for spec in nodes if spec.fault]
     return "\n".join(lines)
@@ -480,6 +549,9 @@ def main() -> int:
     parser.add_argument("--stuck-after", type=float, default=60,
                         help="a job running this long (they take ~2 s) counts as stuck: the batch is over "
                              "when only held and stuck jobs are left")
+    parser.add_argument("--leftover-runs", type=int, default=10,
+                        help="keep the faults until every faulty node has had this many cron runs, counting "
+                             "leftover processes after each (0: only as long as the batch takes)")
     parser.add_argument("--nodes", default="", help="only these nodes (comma-separated names), for a quick look")
     parser.add_argument("--json", default="", help="also write the results here")
     args = parser.parse_args()

@@ -49,9 +49,11 @@ gpu_nv_broken             SIMULATED (no GPU here): the node's nvidia-smi still l
                           side of the driver (libnvidia-container) is broken
 ========================  ===========================================================
 
-Everything is undone by stop(): the pool is stopped and every FUSE mount
+Everything is undone by stop(): the pool is stopped, every FUSE mount
 unmounted (each squashfuse server is found by its mount namespace and
-ended by pid).
+ended by pid), and every process a node left behind killed (each carries
+the node's name in its environment, FAULT_EXPERIMENT_NODE, whatever
+namespace it entered: see leftover_processes).
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence
+
+from startd_health.system.procs import descendants, process_table
 
 from .pool import RealPool
 
@@ -96,6 +100,8 @@ FAULT_HOW = {
     "gpu_nv_broken": "SIMULATED (no GPU): nvidia-smi on the node still works, every --nv launch exits 255",
 }
 
+NODE_MARK = "FAULT_EXPERIMENT_NODE"     # environment variable naming the node in all its processes
+
 # The master runs this as STARTD_NODE<i> with "-local-name NODE<i>"; it
 # gives the startd its private mount namespace, then becomes the startd.
 NODE_STARTD = f"""#!/bin/sh
@@ -104,6 +110,9 @@ node=""; prev=""
 for a in "$@"; do [ "$prev" = -local-name ] && node=$a; prev=$a; done
 D={NODES_DIR}/$(printf %s "$node" | tr A-Z a-z)
 [ -n "$node" ] && [ -d "$D" ] || {{ echo "node-startd: no node directory for '$node'" >&2; exit 1; }}
+# Marks every process the node starts (cron jobs, starters and what they
+# leave behind) so that leftovers can be told apart per node.
+{NODE_MARK}=$(printf %s "$node" | tr A-Z a-z); export {NODE_MARK}
 exec unshare --mount --propagation private -- /bin/sh -ec '
 D=$1; shift
 mount --bind "$D/node.conf" {NODE_CONF}
@@ -245,6 +254,7 @@ class MultiNodePool:
         self.injected: Dict[str, bool] = {n.name: False for n in self.nodes}
         self.namespaces: Dict[str, str] = {}   # node -> mount namespace, remembered for cleanup
         self.hung: Dict[str, subprocess.Popen] = {}   # node -> hung-repository server
+        self._image_inodes: Dict[str, set] = {}       # node -> inodes its site.sif has had
 
     # ------------------------------------------------------------ layout
     def node_dir(self, name: str) -> str:
@@ -288,6 +298,8 @@ class MultiNodePool:
                 self.pool.write(f"{fn}/vendor", "0x10de\n")
                 self.pool.write(f"{fn}/class", "0x030200\n")
         self.pool.write(f"{d}/node.conf", self.node_config(node))
+        self._image_inodes.pop(node.name, None)
+        self.image_inodes(node.name)
 
     def node_config(self, node: NodeSpec) -> str:
         """The node's own configuration file (10-node.conf in its namespace)."""
@@ -393,6 +405,14 @@ class MultiNodePool:
             if self.startd_pid(node.name) is not None:
                 self.nsenter(node.name, f"umount -l /cvmfs/{REPO} 2>/dev/null || true", check=False)
         self.pool.stop()
+        # What the nodes left in namespaces of their own (Apptainer's nested
+        # mount namespaces are not the pool's) goes too.
+        for node in self.nodes:
+            for line in self.leftover_processes(node.name):
+                try:
+                    os.kill(int(line.split()[0]), signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
         # A FUSE server whose mount was detached exits by itself; any other
         # (e.g. the startd died first) is ended by pid.
         deadline = time.monotonic() + 10
@@ -433,6 +453,7 @@ class MultiNodePool:
         else:   # runtime_hang, userns_refused, gpu_nv_broken: a flag the wrappers read
             self.pool.write(f"{d}/site/fault/{fault}", "")
         self.injected[name] = True
+        self.image_inodes(name)
 
     def repair(self, name: str, quiet: bool = False) -> None:
         node = self.by_name[name]
@@ -518,6 +539,50 @@ class MultiNodePool:
                 continue
         return found
 
+    def leftover_processes(self, name: str) -> List[str]:
+        """Processes the node started that outlived what started them: they
+        carry the node's mark in their environment (inherited from its
+        startd, whatever mount or pid namespace they entered) but are no
+        longer descendants of the node's startd (a running cron job and its
+        children are), other than the node's own simulated CVMFS server; and
+        processes outside that tree holding the node's site image open.
+        'pid state comm' each. Reads only /proc/<pid>/stat,
+        and environ of processes outside the startd's tree (a process blocked
+        in a FUSE read holds no lock that reading its environment needs)."""
+        startd = self.startd_pid(name)
+        table = process_table()
+        inside = descendants(table, [startd]) if startd is not None else set()
+        # the node's simulated CVMFS server (squashfuse daemonises: init's child)
+        ns = self.namespaces.get(name)
+        inside |= set(self.fuse_servers([ns])) if ns else set()
+        mark = f"{NODE_MARK}={name}".encode()
+        images = self.image_inodes(name)
+        found = []
+        for pid, info in sorted(table.items()):
+            if pid in inside or pid == startd or info.state in ("Z", "X"):
+                continue
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as handle:
+                    marked = mark in handle.read().split(b"\0")
+            except OSError:
+                marked = False
+            if marked or holds_inode(pid, images):
+                found.append(f"{pid} {info.state} {process_name(pid)}")
+        return found
+
+    def image_inodes(self, name: str) -> set:
+        """Inode numbers the node's site image has had (each node has a copy of
+        its own; image_corrupt replaces it). Apptainer's SIF mount helper
+        (squashfuse_ll) runs with the environment Apptainer gives it, not the
+        node's: it is known by the image it holds open."""
+        known = self._image_inodes.setdefault(name, set())
+        for suffix in ("", ".off"):
+            try:
+                known.add(os.stat(self.host(f"{self.node_dir(name)}/site/images/site.sif{suffix}")).st_ino)
+            except OSError:
+                pass
+        return known
+
     def startd_names(self) -> List[str]:
         """Distinct startd (machine) names the collector knows, from condor_status."""
         out = self.pool.enter("condor_status", "-startd", "-af", "Name", timeout=30).stdout
@@ -527,6 +592,35 @@ class MultiNodePool:
         """Long-form slot ads, one text per slot, from condor_status."""
         out = self.pool.enter("condor_status", "-long", "-constraint", constraint, timeout=30).stdout
         return [block for block in out.split("\n\n") if block.strip()]
+
+
+def process_name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as handle:
+            return handle.read().strip()
+    except OSError:
+        return "?"
+
+
+def holds_inode(pid: int, inodes: set) -> bool:
+    """Whether the process has a site image with one of these inode numbers
+    open. Reads /proc/<pid>/fd links and fdinfo only: nothing is stat()ed
+    through a link, which could block on a hung mount."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if "site.sif" not in os.readlink(f"/proc/{pid}/fd/{fd}"):
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as handle:
+                for line in handle:
+                    if line.startswith("ino:") and int(line.split()[1]) in inodes:
+                        return True
+        except (OSError, ValueError, IndexError):
+            continue
+    return False
 
 
 def gpu_uuid(index: int) -> str:

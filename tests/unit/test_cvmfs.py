@@ -25,7 +25,8 @@ from dataclasses import replace
 import pytest
 
 from startd_health.core.model import Status
-from startd_health.system.procs import run_command
+from startd_health.system.procs import process_start_ticks, run_command
+from startd_health.system.stuck import Stuck
 from startd_health.core.runner import OVERRUN_GRACE_SECONDS, ProbeContext, run_probes
 from startd_health.core.state import StateDir
 from startd_health.probes import all_probes, cvmfs
@@ -185,10 +186,12 @@ def test_repo_budget_leaves_room_for_the_kill_sequence():
 
 
 def test_still_hung_only_while_that_very_process_lives(tmp_path):
-    me = cvmfs.process_start_ticks(os.getpid())
+    me = process_start_ticks(os.getpid())
     record = tmp_path / ("hung-" + OASIS + ".json")
-    record.write_text(json.dumps({"pid": os.getpid(), "start_ticks": me, "since": NOW}))
-    assert still_hung(str(tmp_path), OASIS) == cvmfs.HungChild(os.getpid(), me, NOW)
+    cvmfs.remember_hung(str(tmp_path), OASIS, [os.getpid()], NOW)
+    assert still_hung(str(tmp_path), OASIS) == Stuck((os.getpid(),), NOW)
+    record.write_text(json.dumps({"pid": os.getpid(), "start_ticks": me, "since": NOW}))   # as written before
+    assert still_hung(str(tmp_path), OASIS) == Stuck((os.getpid(),), NOW)
     record.write_text(json.dumps({"pid": os.getpid(), "start_ticks": me + 1, "since": NOW}))  # pid reused
     assert still_hung(str(tmp_path), OASIS) is None and not record.exists()
     record.write_text("{garbage")
@@ -393,7 +396,7 @@ def test_hung_repo_is_abandoned_others_ok_and_no_child_piles_up(hung, site):
     (stuck,) = left
     assert int(timed_out.group(2)) == stuck
     record = json.loads((site.state / "probes" / "cvmfs" / "hung-hung.example.org.json").read_text())
-    assert record["pid"] == stuck
+    assert [entry["pid"] for entry in record["pids"]] == [stuck]
     requests = len(mount.requests)
 
     second = run_probes([CvmfsProbe()], configured, deadline, state=state, force=True)

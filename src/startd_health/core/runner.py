@@ -6,6 +6,10 @@ ProbeContext.run, whose timeout is clamped to that budget and whose process
 groups the runner kills if the probe overruns. A probe that raises becomes a
 failed result naming the exception; one that does not return in time becomes
 a failed result saying so, and its thread is abandoned, never joined.
+
+While probes run we are a child subreaper (procs.reaping): whatever a
+command daemonised is re-parented to us, killed with its command's family,
+and at the latest when the run ends.
 """
 
 from __future__ import annotations
@@ -50,13 +54,15 @@ class ProbeContext:
         self._lock = threading.Lock()
         self._cancelled = threading.Event()
 
-    def scratch_dir(self) -> Optional[str]:
+    def scratch_dir(self, probe: Optional[str] = None) -> Optional[str]:
         """A directory of this probe's own that outlives the run (markers,
         quarantine windows, pids of abandoned children); None without a
-        usable state directory. Write files in it with state.write_atomic."""
+        usable state directory. Write files in it with state.write_atomic.
+        probe: another probe's, to READ what it knows (e.g. the container
+        probe reads the cvmfs probe's records of hung repositories)."""
         if self._scratch_root is None:
             return None
-        path = os.path.join(self._scratch_root, self.probe)
+        path = os.path.join(self._scratch_root, probe or self.probe)
         try:
             os.makedirs(path, mode=0o755, exist_ok=True)
         except OSError as exc:
@@ -78,7 +84,7 @@ class ProbeContext:
         with self._lock:
             self._groups.add(pgid)
         if self._cancelled.is_set():  # raced with cancel(): do not let it live
-            procs.kill_group(pgid, signal.SIGKILL)
+            procs.kill_command(pgid, signal.SIGKILL)
 
     def _ended(self, pgid: int) -> None:
         with self._lock:
@@ -90,7 +96,7 @@ class ProbeContext:
         with self._lock:
             groups = list(self._groups)
         for pgid in groups:
-            procs.kill_group(pgid, signal.SIGKILL)
+            procs.kill_command(pgid, signal.SIGKILL)
 
 
 @dataclass
@@ -152,7 +158,10 @@ def run_probes(
         except StateError as exc:
             state_error, state = str(exc), None
             log.warning("%s; running without cached results or locks", state_error)
-    report = _run(probes, probe_settings, deadline, state, lock_wait_seconds, force, condor)
+    # Daemonised helpers of our commands re-parent to us, so that they die
+    # with their command's family, or at the latest when this run ends.
+    with procs.reaping():
+        report = _run(probes, probe_settings, deadline, state, lock_wait_seconds, force, condor)
     report.state_error = state_error or report.state_error
     if report.state_error:
         log.warning("%s", report.state_error)

@@ -22,7 +22,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from typing import Mapping, Optional, Sequence, Tuple
 
 from startd_health.core.config import Knob, format_args, parse_args, parse_bool, parse_list, parse_seconds, parse_string
@@ -30,7 +31,7 @@ from startd_health.core.model import Measurement, Probe, ProbeResult, Status
 from startd_health.system.procs import CommandResult, last_line
 
 from . import _inside as inside
-from . import cvmfs
+from . import cvmfs, launch_guard
 
 RUNTIME_NAMES = ("apptainer", "singularity")
 DEFAULT_FLAGS = "--ipc --pid --contain"   # the OSG/GlideinWMS set
@@ -80,6 +81,7 @@ class Launch:
     mode: str = ""      # privileged | unprivileged | fakeroot (when ok)
     error: str = ""
     pid_namespace: Optional[bool] = None   # inside in another pid namespace than ours
+    left_behind: Tuple[int, ...] = ()      # pids the launch left stuck (unkillable)
 
 
 @dataclass(frozen=True)
@@ -177,9 +179,11 @@ def launch(ctx, runtime: Runtime, image: str, path: str, flags: Sequence[str], t
     result: CommandResult = ctx.run([runtime.path, "exec", *flags, path, "/bin/sh", "-c", inside_script],
                                     timeout=timeout, env=runtime.env)
     if not result.ok:
-        return Launch(image, path, False, result.duration_seconds, error=result.describe_failure())
-    return judge_launch(image, path, result.duration_seconds, inside.parse(result.stdout), os.getuid(),
-                        own_pid_namespace(), last_line(result.stdout), cvmfs_repos)
+        return Launch(image, path, False, result.duration_seconds, error=result.describe_failure(),
+                      left_behind=result.left_behind)
+    return replace(judge_launch(image, path, result.duration_seconds, inside.parse(result.stdout), os.getuid(),
+                                own_pid_namespace(), last_line(result.stdout), cvmfs_repos),
+                   left_behind=result.left_behind)
 
 
 def judge_launch(image: str, path: str, seconds: float, report: inside.InsideReport, uid: int, our_pidns: str,
@@ -240,8 +244,15 @@ def gather(ctx) -> Gathered:
     sections = [cvmfs.inside_script(ctx.settings["cvmfs_root"], repos)] if repos else []
     script = inside.script(ctx.settings["binds"], sections)
     for image, path in images_to_test(ctx):
+        # Not into a known trap: each try would leave one more stuck process.
+        refused = launch_guard.refused(ctx, image, launch_guard.touched_repositories(ctx.settings, path))
+        if refused:
+            launches.append(Launch(image, path, False, 0.0, error=refused))
+            continue
+        started = time.time()
         launches.append(launch(ctx, runtime, image, path, ctx.settings["flags"], ctx.settings["launch_timeout"],
                                script, repos))
+        launch_guard.remember(ctx, image, launches[-1].left_behind, started)
     return Gathered(runtime, name=name or os.path.basename(runtime.path), version=number, launches=tuple(launches))
 
 

@@ -9,9 +9,11 @@ in parallel, each with its own timeout, so that one hung repository does not
 use up the others' time.
 
 A child that could not be killed is remembered in the probe's scratch
-directory (pid and kernel start time). While it lives, its repository is
-reported as still hung and no new child is started: otherwise every run
-would leave one more process stuck on the mount.
+directory (system/stuck.py: pid and kernel start time). While it lives, its
+repository is reported as still hung and no new child is started: otherwise
+every run would leave one more process stuck on the mount. The container
+probe reads the same records (hung_repository) so as not to launch an image
+into a repository known hung.
 
 As on the OSPool, a repository that failed, or whose client reports an I/O
 error (user.timestamp_last_ioerr) within the quarantine window, stays
@@ -41,6 +43,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from startd_health.core.config import Knob, parse_list, parse_positive_seconds, parse_seconds
 from startd_health.core.model import Measurement, Probe, ProbeResult, Status
+from startd_health.system import stuck
 from startd_health.system.procs import KILL_GRACE_SECONDS, REAP_WAIT_SECONDS, CommandResult
 from startd_health.core.state import write_atomic
 
@@ -53,7 +56,7 @@ MOUNTS_FILE = "/proc/self/mounts"
 DEFAULT_ROOT = "/cvmfs"
 DEFAULT_QUARANTINE_SECONDS = 4 * 3600.0    # the OSPool pilot's window
 QUARANTINE_FILE = "quarantine.json"
-HUNG_FILE = "hung-{repo}.json"
+HUNG_RECORD = "hung-{repo}"     # system/stuck.py record of the children stuck on a repository
 
 # Attributes a CVMFS client answers on a repository's top directory. Each
 # is one cheap in-memory lookup in cvmfs2 (none downloads anything); any of
@@ -164,13 +167,6 @@ class Failure:
     reason: str
 
 
-@dataclass(frozen=True)
-class HungChild:
-    pid: int
-    start_ticks: int   # /proc/<pid>/stat field 22: tells the same process from a reused pid
-    since: float       # epoch seconds when it was started
-
-
 # ---------------------------------------------------------------- gather
 
 def unescape_mount_field(text: str) -> str:
@@ -197,56 +193,13 @@ def read_mounts(path: str) -> Tuple[Optional[Dict[str, Mount]], str]:
         return None, f"cannot read {path}: {exc.strerror}"
 
 
-def process_start_ticks(pid: int) -> Optional[int]:
-    """Start time of a live process (None: gone or a zombie). Only
-    /proc/<pid>/stat is read: unlike cmdline or maps, it takes no lock that
-    a process stuck on a mount may hold."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-        if fields[0] in ("Z", "X"):
-            return None
-        return int(fields[19])
-    except (OSError, IndexError, ValueError):
-        return None
+def remember_hung(scratch: Optional[str], repo: str, pids: Sequence[int], since: float) -> None:
+    stuck.remember(scratch, HUNG_RECORD.format(repo=repo), pids, since)
 
 
-def _hung_path(scratch: str, repo: str) -> str:
-    return os.path.join(scratch, HUNG_FILE.format(repo=repo))
-
-
-def remember_hung(scratch: Optional[str], repo: str, pid: int, since: float) -> None:
-    ticks = process_start_ticks(pid)
-    if scratch is None or ticks is None:   # no place to remember it, or it has gone after all
-        return
-    data = json.dumps({"pid": pid, "start_ticks": ticks, "since": since}).encode()
-    try:
-        write_atomic(_hung_path(scratch, repo), data)
-    except OSError as exc:
-        log.warning("cannot remember hung child %d of %s: %s", pid, repo, exc)
-
-
-def still_hung(scratch: Optional[str], repo: str) -> Optional[HungChild]:
-    """The child an earlier run left on this repository, if it is still there."""
-    if scratch is None:
-        return None
-    path = _hung_path(scratch, repo)
-    try:
-        with open(path, "rb") as handle:
-            data = json.loads(handle.read())
-        child = HungChild(int(data["pid"]), int(data["start_ticks"]), float(data["since"]))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("ignoring unreadable %s: %s", path, exc)
-        child = None
-    if child is not None and process_start_ticks(child.pid) == child.start_ticks:
-        return child
-    try:
-        os.unlink(path)   # it has gone (the mount recovered, or it was freed): check again
-    except OSError:
-        pass
-    return None
+def still_hung(scratch: Optional[str], repo: str) -> Optional[stuck.Stuck]:
+    """The child(ren) an earlier run left on this repository, if still there."""
+    return stuck.still_stuck(scratch, HUNG_RECORD.format(repo=repo))
 
 
 def load_failures(scratch: Optional[str]) -> Dict[str, Failure]:
@@ -302,11 +255,11 @@ def check_repo(ctx, repo: str, path: str, timeout: float, scratch: Optional[str]
                                     timeout=budget, cwd="/")
     if result.error:   # no time left in the probe's budget (timed_out), or could not start
         return RepoCheck(repo, path, check_error=result.error if result.timed_out else result.describe_failure())
+    if result.left_behind:
+        remember_hung(scratch, repo, result.left_behind, started)
     if result.timed_out:
-        if result.abandoned and result.pid:
-            remember_hung(scratch, repo, result.pid, started)
         return RepoCheck(repo, path, timed_out_after=budget, timed_out_listing="listed" not in result.stdout,
-                         abandoned_pid=(result.pid or 0) if result.abandoned else 0)
+                         abandoned_pid=result.left_behind[0] if result.left_behind else 0)
     found = parse_child_output(result.stdout)
     if found is None:
         return RepoCheck(repo, path, check_error=result.describe_failure())
@@ -328,9 +281,9 @@ def check_all(ctx, repos: Sequence[str], root: str, timeout: float, scratch: Opt
     threads = []
     for repo in repos:
         path = os.path.join(root, repo)
-        stuck = still_hung(scratch, repo)
-        if stuck is not None:
-            checks[repo] = RepoCheck(repo, path, hung_since=stuck.since, hung_pid=stuck.pid)
+        hung = still_hung(scratch, repo)
+        if hung is not None:
+            checks[repo] = RepoCheck(repo, path, hung_since=hung.since, hung_pid=hung.pid)
             continue
 
         def work(repo: str = repo, path: str = path) -> None:

@@ -1,24 +1,36 @@
-"""Run external commands so that they can never hang the caller.
+"""Run external commands so that they can never hang the caller, and leave nothing behind.
 
-Each command starts in its own session (so its own process group). When it
-exits, anything it left in its group is killed; on timeout the whole group
-gets SIGTERM, then SIGKILL after a short grace; a
-child that still does not go away (uninterruptible sleep on a hung FUSE or
-autofs mount cannot be killed) is abandoned: we stop waiting, close our
-ends of its pipes and report the command as timed out.
+Each command starts in its own session (so its own process group). Its
+"family" is everything it started: whatever is still in its session or
+process group, every descendant of those (whatever mount, user or pid
+namespace it entered: kill() does not care), and, while we are a child
+subreaper (see reaping()), every process re-parented to us since it started
+(a helper that daemonised itself with setsid and a double fork, such as a
+FUSE server a container runtime left behind). When the command exits, its
+family is killed; on timeout the family gets SIGTERM, then SIGKILL after a
+short grace. A process that still does not go away (uninterruptible sleep
+on a hung FUSE or autofs mount cannot be killed) is abandoned: we stop
+waiting, close our ends of its pipes, and name it in the result
+(left_behind), so that the caller can avoid starting another one into the
+same trap (system/stuck.py).
+
+No cgroup is used: where the cron job runs (the startd's cgroup, as the
+condor user) none is writable, and the process tree reaches the same processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +38,7 @@ KILL_GRACE_SECONDS = 1.0      # between SIGTERM and SIGKILL (NHC waits 1-3 s)
 REAP_WAIT_SECONDS = 1.0       # after SIGKILL, before a child is abandoned
 MAX_OUTPUT_BYTES = 256 * 1024  # what we keep of a command's stdout/stderr
 POLL_SECONDS = 0.5            # how often a running command is checked for having exited
+GONE_POLL_SECONDS = 0.02      # how often killed processes are checked for having gone
 
 
 @dataclass(frozen=True)
@@ -39,6 +52,9 @@ class CommandResult:
     abandoned: bool = False     # still alive after SIGKILL: left behind
     error: str = ""             # why it could not start (e.g. not found)
     pid: Optional[int] = None   # also the process group id (own session)
+    # pids of the command's family still alive after SIGKILL (uninterruptible
+    # sleep): the command itself when abandoned, and whatever else it left
+    left_behind: Tuple[int, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -77,17 +93,147 @@ def _decode(data: Optional[bytes]) -> str:
     return data[:MAX_OUTPUT_BYTES].decode("utf-8", errors="backslashreplace")
 
 
-# Every process group started here and not yet finished, so that a SIGTERM to
-# us (the startd's KILL) can take our children down with us.
-_live_groups: set = set()
+# ---------------------------------------------------------------- the process tree
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    ppid: int
+    pgrp: int
+    session: int
+    state: str         # R, S, D, Z ...
+    start_ticks: int   # since boot, in clock ticks: tells a process from a later one with its pid
+
+
+def _parse_stat(pid: int, text: str) -> ProcessInfo:
+    # comm (field 2) may hold blanks and parentheses: split after its last ")"
+    fields = text.rsplit(")", 1)[1].split()
+    return ProcessInfo(pid, int(fields[1]), int(fields[2]), int(fields[3]), fields[0], int(fields[19]))
+
+
+def process_info(pid: int) -> Optional[ProcessInfo]:
+    """What /proc/<pid>/stat says (None: no such process). Only stat is read:
+    unlike cmdline, environ or maps, it takes no lock that a process stuck on a
+    mount may hold, so reading it never blocks."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return _parse_stat(pid, handle.read())
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_start_ticks(pid: int) -> Optional[int]:
+    """Start time of a live process (None: gone or a zombie)."""
+    info = process_info(pid)
+    return None if info is None or info.state in ("Z", "X") else info.start_ticks
+
+
+def now_ticks() -> int:
+    """Now, on the clock of ProcessInfo.start_ticks (less one tick, so that a
+    process started in this tick counts as started after it)."""
+    try:
+        with open("/proc/uptime") as handle:
+            return max(0, int(float(handle.read().split()[0]) * os.sysconf("SC_CLK_TCK")) - 1)
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def process_table() -> Dict[int, ProcessInfo]:
+    """Every process this pid namespace shows (~3 ms for 100 processes)."""
+    table: Dict[int, ProcessInfo] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return table
+    for entry in entries:
+        if entry.isdigit():
+            info = process_info(int(entry))
+            if info is not None:
+                table[info.pid] = info
+    return table
+
+
+def descendants(table: Mapping[int, ProcessInfo], roots: Iterable[int]) -> Set[int]:
+    """The roots' descendants (not the roots themselves), by parent links."""
+    children: Dict[int, List[int]] = {}
+    for info in table.values():
+        children.setdefault(info.ppid, []).append(info.pid)
+    found: Set[int] = set()
+    todo = list(roots)
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+# ---------------------------------------------------------------- child subreaper
+
+PR_SET_CHILD_SUBREAPER = 36
+_subreaper_users = 0
+_subreaper_since = 0          # clock ticks since boot when the outermost reaping() began
+_subreaper_lock = threading.Lock()
+_libc = None
+
+
+def _set_subreaper(on: bool) -> bool:
+    """prctl(PR_SET_CHILD_SUBREAPER): orphans of our descendants are
+    re-parented to us instead of to init. Linux >= 3.4; False elsewhere."""
+    global _libc
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        if _libc is None:
+            import ctypes   # lazily: only where commands are run
+            _libc = ctypes.CDLL(None, use_errno=True)
+        return _libc.prctl(PR_SET_CHILD_SUBREAPER, 1 if on else 0, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+@contextlib.contextmanager
+def reaping() -> Iterator[None]:
+    """Within: we are a child subreaper, so that a helper a command
+    daemonised (setsid + double fork) re-parents to us and is killed with the
+    command's family instead of living on under init. Leaving the outermost
+    reaping() kills whatever was re-parented to us meanwhile and is still
+    there (reap_orphans), then turns the subreaper off again: a process that
+    is a subreaper for good (e.g. a test runner) would collect the zombies of
+    daemons it starts later (condor_master forks into the background) and
+    could never tell that they had exited."""
+    global _subreaper_users, _subreaper_since
+    with _subreaper_lock:
+        _subreaper_users += 1
+        if _subreaper_users == 1:
+            _subreaper_since = now_ticks()
+            _set_subreaper(True)
+    try:
+        yield
+    finally:
+        with _subreaper_lock:
+            _subreaper_users -= 1
+            last = _subreaper_users == 0
+        if last:
+            reap_orphans(_subreaper_since)
+            with _subreaper_lock:
+                if _subreaper_users == 0:
+                    _set_subreaper(False)
+
+
+# ---------------------------------------------------------------- families
+
+# Every command started here and not yet finished (process group id -> its
+# start ticks), so that a SIGTERM to us (the startd's KILL) can take our
+# children down with us, and so that one command's cleanup never takes
+# another's processes.
+_live_groups: Dict[int, int] = {}
 _live_lock = threading.Lock()
-
-
-def kill_live_groups(sig: int = signal.SIGKILL) -> None:
-    with _live_lock:
-        groups = list(_live_groups)
-    for pgid in groups:
-        kill_group(pgid, sig)
+_spawning = 0                 # Popen calls under way: their children are not registered yet
+_unreaped: Set[int] = set()   # killed orphans of ours not yet reaped (unkillable so far)
+# Processes some command left behind, unkillable: already accounted for (in
+# that command's left_behind), never to be taken for another command's.
+_abandoned: Set[int] = set()
 
 
 def kill_group(pgid: int, sig: int) -> None:
@@ -95,6 +241,183 @@ def kill_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _signal(pids: Iterable[int], sig: int) -> None:
+    me = os.getpid()
+    for pid in pids:
+        if pid > 1 and pid != me:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _orphans(table: Mapping[int, ProcessInfo], since_ticks: int, live: Mapping[int, int]) -> Set[int]:
+    """Processes re-parented to us (we are their parent, but not as a
+    command we started and still run) that started at or after since_ticks
+    and cannot be a running command's: in no running command's session or
+    group, and older than every running command (an orphan nothing tells
+    apart from a helper a running command daemonised and still uses, such as
+    the sessions probe's escapees, is left to that command's end, or to the
+    end of the run)."""
+    me, own_group = os.getpid(), os.getpgrp()
+    oldest_running = min(live.values(), default=None)
+    # Not in our own group: a child some other code of ours started without
+    # a session of its own; a helper that stayed in a command's group is
+    # found by that group.
+    return {p.pid for p in table.values()
+            if p.ppid == me and p.pid not in live and p.session not in live and p.pgrp not in live
+            and p.pgrp != own_group and p.start_ticks >= since_ticks
+            and (oldest_running is None or p.start_ticks < oldest_running)}
+
+
+def family(leader: int, since_ticks: int, table: Optional[Mapping[int, ProcessInfo]] = None) -> Set[int]:
+    """The command's processes: the leader, whatever is in its session or
+    process group, processes re-parented to us since it started (when no
+    other command is being started: its child would look the same), and
+    every descendant of these."""
+    table = process_table() if table is None else table
+    with _live_lock:
+        live = {pgid: ticks for pgid, ticks in _live_groups.items() if pgid != leader}
+        spawning = _spawning
+    roots = {p.pid for p in table.values() if leader in (p.pid, p.session, p.pgrp)}
+    if not spawning:
+        roots |= _orphans(table, since_ticks, live)
+    found = roots | descendants(table, roots)
+    me = os.getpid()
+    with _live_lock:
+        _abandoned.intersection_update(table)   # those that have gone
+        taken = set(_abandoned)
+    return {pid for pid in found if pid != me and pid not in live and (pid not in taken or leader in
+                                                                        (pid, table[pid].session, table[pid].pgrp))}
+
+
+def kill_command(pgid: int, sig: int = signal.SIGKILL) -> None:
+    """Signal a running command's whole family (see family())."""
+    with _live_lock:
+        since = _live_groups.get(pgid)
+    if since is None:
+        kill_group(pgid, sig)
+    else:
+        _signal(family(pgid, since), sig)
+
+
+def kill_live_groups(sig: int = signal.SIGKILL) -> None:
+    """Every command still running and everything it started (we are going away)."""
+    with _live_lock:
+        groups = list(_live_groups)
+    table = process_table()
+    victims: Set[int] = set()
+    for pgid in groups:
+        kill_group(pgid, sig)
+        victims |= {p.pid for p in table.values() if pgid in (p.pid, p.session, p.pgrp)}
+    victims |= descendants(table, victims)
+    _signal(victims, sig)
+
+
+def _reap(pids: Iterable[int]) -> None:
+    """Collect the exit status of orphans re-parented to us, so that no
+    zombie stays (Popen reaps the commands themselves)."""
+    for pid in pids:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:   # not (or no longer) our child
+            done = pid
+        if done:
+            _unreaped.discard(pid)
+        else:
+            _unreaped.add(pid)
+
+
+def _our_children() -> Optional[Set[int]]:
+    """Our children, from /proc/self/task/*/children (each thread's own:
+    a child belongs to the thread that forked it); None where the kernel
+    does not offer these files."""
+    children: Set[int] = set()
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/children") as handle:
+                children.update(int(pid) for pid in handle.read().split())
+        except FileNotFoundError:   # the thread has just ended
+            continue
+        except (OSError, ValueError):
+            return None
+    return children
+
+
+def _nothing_left(leader: Optional[int]) -> bool:
+    """The cheap common case, without reading the whole process table:
+    nothing is left in the command's group, and no child of ours but
+    running commands (whatever else the command left would have been
+    re-parented to us, or still be in its group, or below one of these)."""
+    if leader is not None:
+        try:
+            os.killpg(leader, 0)
+            return False
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            return False
+    children = _our_children()
+    if children is None:
+        return False
+    with _live_lock:
+        others = children - set(_live_groups) - _abandoned
+    return not others
+
+
+def _end_family(leader: int, since_ticks: int, wait: float) -> Tuple[int, ...]:
+    """SIGKILL what is left of the command's family; wait up to `wait` for it
+    to go; reap the orphans among it. Returns the pids still alive then."""
+    if _nothing_left(leader):
+        return ()
+    victims = family(leader, since_ticks)
+    me = os.getpid()
+    if victims:
+        _signal(victims, signal.SIGKILL)
+        log.debug("killed %d leftover process(es) of command %d: %s", len(victims), leader, sorted(victims))
+    deadline = time.monotonic() + wait
+    alive = sorted(victims)
+    while True:
+        infos = {pid: process_info(pid) for pid in alive}
+        _reap(pid for pid, info in infos.items() if info is not None and info.ppid == me and pid != leader)
+        alive = [pid for pid, info in infos.items() if info is not None and info.state not in ("Z", "X")]
+        if not alive or time.monotonic() >= deadline:
+            break
+        time.sleep(GONE_POLL_SECONDS)
+    if _unreaped:
+        _reap(list(_unreaped))
+    if alive:
+        log.warning("command %d left %d unkillable process(es): %s", leader, len(alive), alive)
+        with _live_lock:
+            _abandoned.update(alive)
+    return tuple(alive)
+
+
+def reap_orphans(since_ticks: int = 0) -> Tuple[int, ...]:
+    """Kill and reap every process re-parented to us since since_ticks (and
+    its descendants) that belongs to no running command; the pids still
+    alive after that."""
+    if _nothing_left(None):
+        return ()
+    table = process_table()
+    with _live_lock:
+        live = dict(_live_groups)
+        spawning = _spawning
+    if spawning:   # a command being started would look like an orphan: the next sweep takes them
+        return ()
+    victims = _orphans(table, since_ticks, live)
+    victims |= descendants(table, victims)
+    victims.discard(os.getpid())
+    _signal(victims, signal.SIGKILL)
+    time.sleep(GONE_POLL_SECONDS if victims else 0)
+    _reap(victims | _unreaped)
+    return tuple(sorted(pid for pid in victims if process_start_ticks(pid) is not None))
 
 
 def run_command(
@@ -109,18 +432,36 @@ def run_command(
 
     on_start/on_end receive the process group id, so that a supervisor (the
     runner) can kill the group if the calling thread itself is abandoned.
+    When it returns, nothing the command started is left but what could not
+    be killed (CommandResult.left_behind).
     """
+    with reaping():
+        return _run_command(argv, timeout, env, cwd, on_start, on_end)
+
+
+def _run_command(argv: Sequence[str], timeout: float, env: Optional[Mapping[str, str]], cwd: Optional[str],
+                 on_start: Optional[Callable[[int], None]], on_end: Optional[Callable[[int], None]]) -> CommandResult:
+    global _spawning
     start = time.monotonic()
+    with _live_lock:
+        _spawning += 1
     try:
         proc = subprocess.Popen(
             list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True,
         )
     except OSError as exc:
+        with _live_lock:
+            _spawning -= 1
         return CommandResult(argv, None, "", "", time.monotonic() - start, error=exc.strerror or str(exc))
     pgid = proc.pid  # start_new_session: the child leads its own group
+    # What the command starts is not older than the command (at the clock's
+    # resolution, 10 ms: a helper another command orphaned within the same
+    # tick would be taken for this command's).
+    since = process_start_ticks(pgid) or now_ticks()
     with _live_lock:
-        _live_groups.add(pgid)
+        _live_groups[pgid] = since
+        _spawning -= 1
     if on_start:
         on_start(pgid)
     try:
@@ -133,40 +474,42 @@ def run_command(
                 break
             except subprocess.TimeoutExpired:
                 if proc.poll() is not None:   # the command itself is done: the rest is leftovers
-                    kill_group(pgid, signal.SIGKILL)
+                    _signal(family(pgid, since), signal.SIGKILL)
                     out, err = _collect(proc)
                     break
                 if time.monotonic() >= deadline:
                     out = err = None
                     break
         if out is not None or proc.returncode is not None:
-            # The group is ours alone: whatever the command left running in it
-            # (a daemonised helper, a forgotten background job) goes too.
-            kill_group(pgid, signal.SIGKILL)
+            # Whatever the command left running (a daemonised helper, a
+            # forgotten background job, a FUSE server in a namespace of its own) goes too.
+            left = _end_family(pgid, since, REAP_WAIT_SECONDS)
             return CommandResult(argv, proc.returncode, _decode(out), _decode(err), time.monotonic() - start,
-                                 pid=pgid)
-        log.debug("timeout after %.1fs, terminating process group %d: %s", timeout, pgid, argv)
-        kill_group(pgid, signal.SIGTERM)
+                                 pid=pgid, abandoned=bool(left), left_behind=left)
+        log.debug("timeout after %.1fs, terminating command %d and what it started: %s", timeout, pgid, argv)
+        _signal(family(pgid, since), signal.SIGTERM)
         out = err = b""
         try:
             out, err = proc.communicate(timeout=KILL_GRACE_SECONDS)
         except subprocess.TimeoutExpired:
-            kill_group(pgid, signal.SIGKILL)
+            _signal(family(pgid, since), signal.SIGKILL)
             try:
                 out, err = proc.communicate(timeout=REAP_WAIT_SECONDS)
             except subprocess.TimeoutExpired:
-                # Uninterruptible sleep, or a grandchild that left our group
+                # Uninterruptible sleep, or a process that left our group
                 # still holds the pipes: give up on it rather than hang.
                 abandoned = proc.poll() is None
                 _abandon(proc)
+                left = _end_family(pgid, since, GONE_POLL_SECONDS)
                 log.warning("abandoned %s (pid %d) after %.1fs", argv[0], pgid, time.monotonic() - start)
                 return CommandResult(argv, None, "", "", time.monotonic() - start, timed_out=True,
-                                     abandoned=abandoned, pid=pgid)
+                                     abandoned=abandoned or bool(left), pid=pgid, left_behind=left)
+        left = _end_family(pgid, since, REAP_WAIT_SECONDS)
         return CommandResult(argv, None, _decode(out), _decode(err), time.monotonic() - start, timed_out=True,
-                             pid=pgid)
+                             pid=pgid, abandoned=bool(left), left_behind=left)
     finally:
         with _live_lock:
-            _live_groups.discard(pgid)
+            _live_groups.pop(pgid, None)
         if on_end:
             on_end(pgid)
 
