@@ -253,13 +253,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_inside_script(args: argparse.Namespace) -> int:
-    from startd_health.probes import _inside as inside
-    from startd_health.probes import cvmfs
+    from startd_health.system import inside
 
     config = build_config(args)
-    repos = config["CVMFS_REPOSITORIES"]
-    sections = [cvmfs.inside_script(config["CVMFS_ROOT"], repos)] if repos else []
-    _emit(inside.standalone(config["CONTAINER_BINDS"], sections))
+    _emit(inside.standalone(config["CONTAINER_BINDS"], config["CVMFS_ROOT"], config["CVMFS_REPOSITORIES"]))
     return EXIT_OK
 
 

@@ -9,12 +9,11 @@ import time
 import pytest
 
 from startd_health.core.model import Status
-from startd_health.core.runner import ProbeContext
 from startd_health.probes import all_probes
 from startd_health.probes.userns import (Account, CloneTest, Gathered, UsernsProbe, choose_account, count_subids, gather, judge,
                            parse_clone_output, parse_int)
 
-from .helpers import FakeCondor, run_probe_as_nobody
+from .helpers import FakeCondor, make_context, run_probe_as_nobody
 
 # /etc/subuid as useradd writes it on Debian, plus an entry by uid and noise.
 SUBUID = """# subordinate ids
@@ -48,8 +47,8 @@ def tree(tmp_path, max_userns="63711\n", debian=None, apparmor=None, subuid=SUBU
     return str(root)
 
 
-def context(user="", condor=None, budget=20.0):
-    return ProbeContext("userns", {"user": user}, time.monotonic() + budget, condor=condor)
+def context(user="", condor=None, root="/"):
+    return make_context("userns", condor=condor, system_root=root, user=user)
 
 
 
@@ -171,7 +170,7 @@ def test_gather_on_a_recorded_tree_with_a_real_clone_as_an_unlisted_uid(tmp_path
     if os.geteuid() != 0:
         pytest.skip("dropping to another uid needs root")
     monkeypatch.setenv("SUDO_UID", "4242")   # as `sudo startd-health` by uid 4242 (no passwd entry)
-    g = gather(context(), root=tree(tmp_path, debian="1\n"))
+    g = gather(context(root=tree(tmp_path, debian="1\n")))
     assert g.account == Account("4242", 4242, 4242) and not g.tested_as_root
     assert g.clone.ok, g.clone
     assert (g.max_user_namespaces, g.unprivileged_userns_clone, g.apparmor_restricted) == (63711, 1, False)
@@ -182,14 +181,14 @@ def test_gather_on_a_recorded_tree_with_a_real_clone_as_an_unlisted_uid(tmp_path
 
 def test_gather_configured_user_and_missing_files(tmp_path):
     configured = "root" if os.geteuid() == 0 else ""
-    g = gather(context(user=configured), root=tree(tmp_path, max_userns=None, subuid=None, subgid=None,
-                                                   apparmor="0\n"))
+    g = gather(context(user=configured, root=tree(tmp_path, max_userns=None, subuid=None, subgid=None,
+                                                  apparmor="0\n")))
     assert g.max_user_namespaces == -1 and g.subid_files == () and not g.apparmor_restricted
     if configured:
         assert g.tested_as_root and g.account.uid == 0 and g.clone.ok
         r = judge(g)
         assert r.facts["unprivileged_clone_ok"] is False and "max unknown" in r.reason
-    missing = judge(gather(context(user="no-such-user-here"), root=tree(tmp_path / "x")))
+    missing = judge(gather(context(user="no-such-user-here", root=tree(tmp_path / "x"))))
     assert missing.status is Status.FAILED
     assert missing.reason == "STARTD_HEALTH_USERNS_USER: no such user 'no-such-user-here'"
 
