@@ -222,7 +222,7 @@ def cmd_hook(args: argparse.Namespace) -> int:
 
 
 def cmd_pool_exporter(args: argparse.Namespace) -> int:
-    from startd_health.monitor.pool_exporter import run as run_pool_exporter
+    from startd_health.monitor.pool.exporter import run as run_pool_exporter
     if not args.debug:  # a daemon says when it starts and stops
         logging.getLogger().setLevel(logging.INFO)
     return run_pool_exporter(build_config(args))
