@@ -97,6 +97,7 @@ def ctx_for(runtime, images=("t=/img",), budget=20.0, launch_timeout=2.0):
                         launch_timeout=launch_timeout, requirement="REQUIRED")
 
 
+@pytest.mark.slow
 def test_gather_with_runtime_that_hangs_on_version(tmp_path):
     rt = fake_runtime(tmp_path, "trap '' TERM; sleep 300", "exit 0")
     t0 = time.monotonic()
@@ -174,6 +175,7 @@ def test_requirement_knob_parsing():
         parse_requirement("PREFERRED")
 
 
+@pytest.mark.bindings   # the expression is evaluated by classad2
 def test_condor_default_image_only_when_a_plain_path():
     from startd_health.probes.container import condor_default_image
     assert condor_default_image('"/cvmfs/singularity.opensciencegrid.org/osg/el9:latest"') == \
@@ -184,6 +186,7 @@ def test_condor_default_image_only_when_a_plain_path():
     assert condor_default_image("((( not an expression") == ""
 
 
+@pytest.mark.bindings
 def test_condor_default_image_is_added_to_the_launches(tmp_path):
     from startd_health.probes.container import images_to_test
 

@@ -7,7 +7,6 @@ import socket
 import threading
 import time
 
-import classad2
 import pytest
 
 from startd_health.monitor.pool.aggregate import PROBE_STATUSES, PoolSnapshot, aggregate, node_state, pick_machines
@@ -18,6 +17,9 @@ from startd_health.monitor.pool.schema import MAX_LABEL_CHARS, MAX_LABEL_VALUES,
 from startd_health.monitor.pool_knobs import POOL_KNOBS, default_collectors
 from startd_health.core.config import CondorParams
 from tests.pool_ads import machines
+
+classad2 = pytest.importorskip("classad2", reason="needs the HTCondor Python bindings")
+pytestmark = pytest.mark.bindings
 
 NOW = 1_800_000_000.0
 SCHEMA = Schema(("container", "cvmfs"), ("el9", "el8"))

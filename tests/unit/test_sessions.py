@@ -82,7 +82,7 @@ def test_test_processes_exit_by_themselves_when_the_supervisor_is_gone(tmp_path,
     assert wait_gone(list(f.pids), timeout=3.0) == []
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv to become nobody")
+@pytest.mark.root   # becomes nobody with setpriv
 def test_gather_as_an_unprivileged_user():
     """As a STARTD_CRON job runs: not root. The system Python (no os.unshare
     before 3.12, whatever this one is) and the user-namespace pid check."""
