@@ -20,7 +20,7 @@ from startd_health.core.runner import OVERRUN_GRACE_SECONDS, run_probes
 from startd_health.core.state import StateDir
 from startd_health.probes import benchmarks as b
 
-from .helpers import REPO, parse_cron_output, run_cli
+from .helpers import REPO, parse_cron_output, probe_settings, run_cli
 
 CPUINFO_X86 = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R)  Gold 6338 CPU @ 2.00GHz\n"
 CPUINFO_POWER = "processor\t: 0\ncpu\t\t: POWER9 (architected), altivec supported\nclock\t\t: 2.2GHz\n"
@@ -149,10 +149,7 @@ def test_nothing_measured_is_failed_and_nothing_selected_is_skipped():
 # ---------------------------------------------------------------- budgets (real runs)
 
 def settings(**overrides):
-    values = {k.name[len("BENCHMARKS_"):].lower(): k.default for k in b.BenchmarksProbe.knobs}
-    values.update(period=3600.0, timeout=60.0)
-    values.update(overrides)
-    return {"benchmarks": values}
+    return {"benchmarks": probe_settings("benchmarks", **{"timeout": 60.0, **overrides})}
 
 
 def run_probe(deadline=120.0, **overrides):
