@@ -176,7 +176,7 @@ class Probe:
     # the exporter never run it, but publish its last result from the state
     # directory with its age, and it never counts for the node's verdict.
     periodic: ClassVar[bool] = True
-    # Probe-specific configuration knobs (monitor.config.Knob), without the
+    # Probe-specific configuration knobs (core.config.Knob), without the
     # STARTD_HEALTH_ prefix; period and timeout knobs are added for every probe.
     knobs: ClassVar[Sequence[Any]] = ()
     # Other probes' knobs this probe reads (without the STARTD_HEALTH_ prefix);

@@ -173,7 +173,7 @@ def _hung_path(scratch: str, repo: str) -> str:
 def remember_hung(ctx: ProbeContext, repo: str, pid: int, since: float) -> None:
     # /proc/<pid>/stat only: it takes no lock the child stuck on the mount may hold
     ticks = procfs.start_ticks(pid)
-    if ticks is None:   # it has gone after all
+    if ctx.scratch_dir() is None or ticks is None:   # no place to remember it, or it has gone after all
         return
     data = json.dumps({"pid": pid, "start_ticks": ticks, "since": since}).encode()
     try:
@@ -221,6 +221,8 @@ def load_failures(scratch: Optional[str]) -> Dict[str, Failure]:
 
 
 def save_failures(ctx: ProbeContext, failures: Mapping[str, Failure]) -> None:
+    if ctx.scratch_dir() is None:   # no state directory: nothing outlives the run
+        return
     data = json.dumps({repo: {"at": f.at, "reason": f.reason} for repo, f in sorted(failures.items())})
     try:
         ctx.write_scratch(QUARANTINE_FILE, data.encode())
@@ -246,7 +248,7 @@ def repo_budget(timeout: float, remaining: float) -> float:
     return reserved if reserved >= MIN_REPO_BUDGET else min(timeout, remaining)
 
 
-def check_repo(ctx: ProbeContext, repo: str, path: str, timeout: float, scratch: Optional[str]) -> RepoCheck:
+def check_repo(ctx: ProbeContext, repo: str, path: str, timeout: float) -> RepoCheck:
     """List the repository and read its attributes, in a child we can abandon."""
     budget = repo_budget(timeout, ctx.remaining())
     started = time.time()
@@ -276,7 +278,8 @@ def check_repo(ctx: ProbeContext, repo: str, path: str, timeout: float, scratch:
     )
 
 
-def check_all(ctx: ProbeContext, repos: Sequence[str], root: str, timeout: float, scratch: Optional[str]) -> List[RepoCheck]:
+def check_all(ctx: ProbeContext, repos: Sequence[str], root: str, timeout: float,
+              scratch: Optional[str]) -> List[RepoCheck]:
     """Check the repositories in parallel, except those still hung from an earlier run."""
     checks: Dict[str, RepoCheck] = {}
     threads = []
@@ -288,7 +291,7 @@ def check_all(ctx: ProbeContext, repos: Sequence[str], root: str, timeout: float
             continue
 
         def work(repo: str = repo, path: str = path) -> None:
-            checks[repo] = check_repo(ctx, repo, path, timeout, scratch)
+            checks[repo] = check_repo(ctx, repo, path, timeout)
 
         thread = threading.Thread(target=work, name=f"cvmfs-{repo}", daemon=True)
         thread.start()
