@@ -5,8 +5,9 @@ project's test machine (Debian 12, 2026-12-03): `startd-health cron` with an
 Apptainer stand-in that runs the inside script on the host (el9 launches,
 el8 is missing), two CVMFS repositories that are not mounted, and the fast
 benchmarks. Rendering them must give exactly golden/cron.ad and
-golden/metrics.prom (node_exporter's e2e-output.txt): any change in how a
-result is spelled shows up as a diff of those files. When the change is
+golden/metrics.prom, and the pool exporter's families over slot ads that
+carry that cron ad golden/pool.prom (node_exporter's e2e-output.txt): any
+change in how a result is spelled shows up as a diff of those files. When the change is
 intended, regenerate them and commit the diff:
 
     STARTD_HEALTH_UPDATE_GOLDEN=1 python -m pytest tests/unit/test_golden.py
@@ -79,3 +80,34 @@ def test_the_golden_cron_ad_is_a_valid_ad():
 def test_metrics_of_the_recorded_run():
     periodic, on_demand = recorded()
     check("metrics.prom", normalised(exposition(periodic + on_demand, judge(periodic)).decode()))
+
+
+@pytest.mark.bindings
+def test_pool_metrics_of_slot_ads_carrying_the_recorded_cron_ad():
+    """The recorded ad as the startd publishes it in two machines' slot ads
+    (a partitionable slot with a dynamic one, and a static slot), read the
+    way the pool exporter's query child reads the collector's answer."""
+    import classad2
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from startd_health.monitor.pool.aggregate import aggregate
+    from startd_health.monitor.pool.families import snapshot_families
+    from startd_health.monitor.pool.schema import Schema
+
+    with open(os.path.join(GOLDEN, "cron.ad")) as handle:
+        cron_lines = [line for line in handle.read().splitlines() if line != "-"]
+    ads = []
+    for machine, slot_type in (("a.example.org", "Partitionable"), ("a.example.org", "Dynamic"),
+                               ("b.example.org", "Static")):
+        ad = classad2.ClassAd("[" + ";".join(cron_lines) + "]")
+        ad.update({"Name": f"slot1@{machine}", "Machine": machine, "SlotType": slot_type})
+        ads.append(ad)
+    snap = aggregate(ads, Schema(tuple(all_probes()), ("el9", "el8")), NOW + 60, 900.0, "cm.example.org")
+
+    class Families:
+        def collect(self):
+            return snapshot_families(snap)
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Families())
+    check("pool.prom", generate_latest(registry).decode())
