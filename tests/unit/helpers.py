@@ -127,6 +127,7 @@ def run_probe_as_nobody(probe: str, settings: dict, extra: str = "") -> dict:
     STARTD_CRON job runs (not root); returns status, reason, facts (+ extra,
     a Python expression over g and r, under the key "extra")."""
     import json
+    settings = probe_settings(probe, **settings)
     python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
     code = ("import json, os, time\n"
             "from startd_health.core.runner import BudgetedContext\n"
