@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional, Sequence, Tuple
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
 from startd_health.system import inside
 from startd_health.system.procs import CommandResult, last_line, run_command
@@ -132,7 +132,7 @@ def own_pid_namespace() -> str:
         return ""
 
 
-def exec_argv(runtime: Runtime, flags: Sequence[str], image_path: str, *command: str) -> list:
+def exec_argv(runtime: Runtime, flags: Sequence[str], image_path: str, *command: str) -> List[str]:
     """`<runtime> exec <flags> <image> <command...>`."""
     return [runtime.path, "exec", *flags, image_path, *command]
 
