@@ -43,7 +43,10 @@ import urllib.request
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "src"))  # the checkout, when not installed
 
-from startd_health.monitor import pool_exporter as pe  # noqa: E402
+from startd_health.monitor.pool.aggregate import PoolSnapshot  # noqa: E402
+from startd_health.monitor.pool.families import snapshot_families  # noqa: E402
+from startd_health.monitor.pool.query import CHILD_MODULE  # noqa: E402
+from startd_health.monitor.pool.schema import Schema, constraint  # noqa: E402
 from tests.pool_ads import advertise, machines  # noqa: E402
 from tests.prom import free_port  # noqa: E402
 from tests.realpool.pool import RealPool  # noqa: E402
@@ -77,7 +80,7 @@ def measure_child(collector, schema, runs, workdir):
     walls, cpus, rss = [], [], []
     for _ in range(runs):
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-c", pe._CHILD_CODE, spec, out], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", CHILD_MODULE, spec, out], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         _, status, usage = os.wait4(proc.pid, 0)
         walls.append(time.perf_counter() - t0)
@@ -114,12 +117,12 @@ def measure_size(pool, size, runs, workdir):
     adv = time.perf_counter() - t0
     pool.wait_for(lambda: count_ads(collector) >= len(ads) + 1, 120,
                   "all ads (and the pool's own startd) in the collector")
-    schema = pe.Schema(tuple(all_probes()), ("el8", "el9"))
-    projection, constraint = schema.projection(), pe.constraint("")
+    schema = Schema(tuple(all_probes()), ("el8", "el9"))
+    projection, query_constraint = schema.projection(), constraint("")
     q = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        got = htcondor2.Collector(collector).query(htcondor2.AdTypes.Startd, constraint, projection=projection)
+        got = htcondor2.Collector(collector).query(htcondor2.AdTypes.Startd, query_constraint, projection=projection)
         q.append(time.perf_counter() - t0)
         assert len(got) == exp.queried_ads + 1, (len(got), exp.queried_ads)   # + the pool's own startd
         del got
@@ -127,12 +130,12 @@ def measure_size(pool, size, runs, workdir):
     gc.collect()
     before = rss_mib()
     with open(out) as handle:
-        snap = pe.PoolSnapshot.from_json(json.load(handle))
+        snap = PoolSnapshot.from_json(json.load(handle))
     assert snap.nodes == dict(exp.nodes, unknown=exp.nodes["unknown"] + 1), (snap.nodes, exp.nodes)
     fam, families = [], []
     for _ in range(runs):
         t0 = time.perf_counter()
-        families = pe.snapshot_families(snap)
+        families = snapshot_families(snap)
         fam.append(time.perf_counter() - t0)
     held = rss_mib() - before
     registry = CollectorRegistry(auto_describe=False)

@@ -6,9 +6,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import List, Sequence
-
-import classad2
+from typing import Any, List, Optional, Sequence
 
 import startd_health
 
@@ -27,13 +25,18 @@ def run_cli(args: Sequence[str], env, timeout: float = 60, entry: str = "startd_
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-def parse_cron_output(text: str) -> classad2.ClassAd:
+def parse_cron_output(text: str) -> Any:
     """Parse cron output the strict way: every line on its own, with the real
     ClassAd library (parseAds would silently stop at a malformed line).
 
     Asserts the protocol: newline-terminated lines, a final '-' line, and each
     line defining exactly one attribute, the one it names.
     """
+    # Here, not at the top: where the bindings are missing, only the tests
+    # that check an ad with them are skipped.
+    import pytest
+    classad2 = pytest.importorskip("classad2", reason="checking the ad needs the HTCondor Python bindings")
+
     assert text.endswith("\n"), "last line not newline-terminated"
     lines = text.splitlines()
     assert lines and lines[-1].startswith("-"), "output does not end with a '-' line"
@@ -86,16 +89,50 @@ class FakeCondor:
         return self.values.get(name)
 
 
+def probe_settings(probe: str, **overrides: Any) -> dict:
+    """A probe's settings as the runner hands them on a node with nothing
+    configured: every knob's declared default (period, timeout, its own knobs
+    without the probe's prefix, the other probes' knobs it reads under their
+    full lower-case name), then ``overrides``. An override that is not one of
+    the probe's settings is an error: a typo would otherwise test the default."""
+    from startd_health.probes import all_probes
+
+    classes = all_probes()
+    cls = classes[probe]
+    prefix = probe.upper() + "_"
+    settings = {"period": cls.default_period, "timeout": cls.default_timeout}
+    settings.update({k.name[len(prefix):].lower(): k.default for k in cls.knobs})
+    defaults = {k.name: k.default for other in classes.values() for k in other.knobs}
+    settings.update({name.lower(): defaults[name] for name in cls.shared_knobs})
+    unknown = set(overrides) - set(settings)
+    assert not unknown, f"not settings of the {probe} probe: {sorted(unknown)}"
+    settings.update(overrides)
+    return settings
+
+
+def make_context(probe: str, budget: float = 20.0, condor: Any = None, scratch_root: Optional[str] = None,
+                 system_root: str = "/", **overrides: Any) -> Any:
+    """The real runner's context (core.runner.BudgetedContext) for ``probe``,
+    with the knob defaults (see probe_settings) plus overrides. system_root: where
+    /proc, /sys, /dev and /etc are read from (a recorded tree: the one seam
+    for simulated kernels); commands still run for real."""
+    from startd_health.core.runner import BudgetedContext
+
+    return BudgetedContext(probe, probe_settings(probe, **overrides), time.monotonic() + budget, condor=condor,
+                           scratch_root=scratch_root, system_root=system_root)
+
+
 def run_probe_as_nobody(probe: str, settings: dict, extra: str = "") -> dict:
     """Run a probe's gather/judge as uid 65534 with the system Python, as a
     STARTD_CRON job runs (not root); returns status, reason, facts (+ extra,
     a Python expression over g and r, under the key "extra")."""
     import json
+    settings = probe_settings(probe, **settings)
     python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
     code = ("import json, os, time\n"
-            "from startd_health.core.runner import ProbeContext\n"
+            "from startd_health.core.runner import BudgetedContext\n"
             f"from startd_health.probes.{probe} import gather, judge\n"
-            f"g = gather(ProbeContext({probe!r}, {settings!r}, time.monotonic() + 20))\n"
+            f"g = gather(BudgetedContext({probe!r}, {settings!r}, time.monotonic() + 20))\n"
             "r = judge(g)\n"
             "print(json.dumps({'status': r.status.value, 'reason': r.reason, 'facts': dict(r.facts), "
             f"'uid': os.getuid(), 'extra': {extra or 'None'}}}))\n")

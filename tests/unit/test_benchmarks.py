@@ -20,7 +20,7 @@ from startd_health.core.runner import OVERRUN_GRACE_SECONDS, run_probes
 from startd_health.core.state import StateDir
 from startd_health.probes import benchmarks as b
 
-from .helpers import REPO, parse_cron_output, run_cli
+from .helpers import REPO, parse_cron_output, probe_settings, run_cli
 
 CPUINFO_X86 = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R)  Gold 6338 CPU @ 2.00GHz\n"
 CPUINFO_POWER = "processor\t: 0\ncpu\t\t: POWER9 (architected), altivec supported\nclock\t\t: 2.2GHz\n"
@@ -149,10 +149,7 @@ def test_nothing_measured_is_failed_and_nothing_selected_is_skipped():
 # ---------------------------------------------------------------- budgets (real runs)
 
 def settings(**overrides):
-    values = {k.name[len("BENCHMARKS_"):].lower(): k.default for k in b.BenchmarksProbe.knobs}
-    values.update(period=3600.0, timeout=60.0)
-    values.update(overrides)
-    return {"benchmarks": values}
+    return {"benchmarks": probe_settings("benchmarks", **{"timeout": 60.0, **overrides})}
 
 
 def run_probe(deadline=120.0, **overrides):
@@ -161,6 +158,7 @@ def run_probe(deadline=120.0, **overrides):
     return report.results[0], time.monotonic() - t0
 
 
+@pytest.mark.slow
 def test_matmul_and_memory_hold_their_budgets():
     result, took = run_probe(run=("matmul", "memory"), matmul_seconds=2.0, memory_seconds=2.0, memory_array_mib=16)
     assert result.status is Status.OK, result.reason
@@ -170,6 +168,7 @@ def test_matmul_and_memory_hold_their_budgets():
     assert result.facts["blas"] and result.facts["numpy"]
 
 
+@pytest.mark.slow
 def test_fast_db12_holds_its_budget_and_scores_in_db12_units():
     result, took = run_probe(run=("db12",), fast=True, db12_seconds=10.0)
     assert result.status is Status.OK, result.reason
@@ -187,6 +186,7 @@ def test_db12_that_cannot_fit_its_budget_says_so_early():
     assert took <= 2.0 + 1.0, took
 
 
+@pytest.mark.slow
 def test_the_probe_timeout_caps_every_benchmark():
     result, took = run_probe(timeout=4.0)   # default budgets (180 + 20 + 20 s), full DB12
     assert took <= 4.0 + OVERRUN_GRACE_SECONDS, took
@@ -234,6 +234,7 @@ def test_cron_and_check_republish_the_cached_result_with_its_age_and_never_judge
     assert doc["healthy"] is True and [p["probe"] for p in doc["probes"]] == ["benchmarks"]
 
 
+@pytest.mark.slow
 def test_benchmark_command_runs_caches_and_prints_its_attributes_only(tmp_path, cli_env):
     args = ["benchmark", "--no-condor-config", "--state-dir", str(tmp_path / "state"), "--benchmarks-fast", "true",
             "--benchmarks-run", "db12", "--benchmarks-db12-seconds", "10"]

@@ -47,6 +47,7 @@ def test_read_only_state_directory(tmp_path, cli_env):
     check(proc, "Read-only file system" if os.geteuid() == 0 else "Permission denied")
 
 
+@pytest.mark.root   # a private mount namespace with a full tmpfs
 def test_full_state_directory(tmp_path, cli_env):
     mnt = tmp_path / "full"
     mnt.mkdir()

@@ -7,11 +7,14 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from .helpers import parse_cron_output
 
 RUNS = 20
 
 
+@pytest.mark.slow
 def test_twenty_concurrent_cron_runs(tmp_path, cli_env):
     calls = tmp_path / "calls"
     runtime = tmp_path / "apptainer"

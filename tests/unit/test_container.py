@@ -8,10 +8,11 @@ import time
 import pytest
 
 from startd_health.core.model import Status
-from startd_health.core.runner import ProbeContext
 from startd_health.probes import all_probes
-from startd_health.probes.container import (Gathered, Launch, Runtime, classify_uid_map, gather, judge, parse_images,
-                              parse_version)
+from startd_health.probes.container import Gathered, gather, judge, parse_images
+from startd_health.system.container import Launch, Runtime, classify_uid_map, parse_version
+
+from .helpers import make_context
 
 
 def test_registered():
@@ -92,11 +93,11 @@ if [ "$1" = --version ]; then {version_body}; fi
 
 
 def ctx_for(runtime, images=("t=/img",), budget=20.0, launch_timeout=2.0):
-    settings = {"runtime": runtime, "module": "", "images": images, "flags": ("--ipc",),
-                "launch_timeout": launch_timeout, "partial_ok": False, "binds": (), "requirement": "REQUIRED"}
-    return ProbeContext("container", settings, time.monotonic() + budget)
+    return make_context("container", budget, runtime=runtime, images=images, flags=("--ipc",),
+                        launch_timeout=launch_timeout, requirement="REQUIRED")
 
 
+@pytest.mark.slow
 def test_gather_with_runtime_that_hangs_on_version(tmp_path):
     rt = fake_runtime(tmp_path, "trap '' TERM; sleep 300", "exit 0")
     t0 = time.monotonic()
@@ -141,12 +142,9 @@ def test_module_command_provides_runtime_and_environment(tmp_path):
     bindir = tmp_path / "modbin"
     bindir.mkdir()
     fake_runtime(bindir, "echo \"apptainer version $FROM_MODULE\"; exit 0", "exit 0")
-    settings = {"runtime": "", "module": f"export PATH={bindir}:$PATH FROM_MODULE=7.7", "images": (),
-                "flags": (), "launch_timeout": 2.0, "partial_ok": False, "binds": ()}
-    r = judge(gather(ProbeContext("container", settings, time.monotonic() + 20)))
+    r = judge(gather(make_context("container", module=f"export PATH={bindir}:$PATH FROM_MODULE=7.7", flags=())))
     assert r.status is Status.OK and r.facts["version"] == "7.7" and r.facts["path"] == str(bindir / "apptainer")
-    settings["module"] = "false"
-    r = judge(gather(ProbeContext("container", settings, time.monotonic() + 20)))
+    r = judge(gather(make_context("container", module="false", flags=())))
     assert r.status is Status.FAILED and "'false' failed" in r.reason
 
 
@@ -177,6 +175,7 @@ def test_requirement_knob_parsing():
         parse_requirement("PREFERRED")
 
 
+@pytest.mark.bindings   # the expression is evaluated by classad2
 def test_condor_default_image_only_when_a_plain_path():
     from startd_health.probes.container import condor_default_image
     assert condor_default_image('"/cvmfs/singularity.opensciencegrid.org/osg/el9:latest"') == \
@@ -187,6 +186,7 @@ def test_condor_default_image_only_when_a_plain_path():
     assert condor_default_image("((( not an expression") == ""
 
 
+@pytest.mark.bindings
 def test_condor_default_image_is_added_to_the_launches(tmp_path):
     from startd_health.probes.container import images_to_test
 

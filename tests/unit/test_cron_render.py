@@ -2,15 +2,16 @@
 
 import time
 
-import classad2
 import pytest
 
 from startd_health.monitor.cron import MAX_OUTPUT_BYTES, clean_text, render, render_failure
-from startd_health.core.model import Measurement, ProbeResult, Status
-from startd_health.core.runner import RunReport
+from startd_health.core.model import Measurement, ProbeResult, RunReport, Status
 from startd_health.core.verdict import judge
 
 from .helpers import parse_cron_output
+
+classad2 = pytest.importorskip("classad2", reason="needs the HTCondor Python bindings")
+pytestmark = pytest.mark.bindings
 
 HOSTILE = [
     'quote " and backslash \\ and \\"',

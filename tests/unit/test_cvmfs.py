@@ -25,16 +25,19 @@ from dataclasses import replace
 import pytest
 
 from startd_health.core.model import Status
-from startd_health.system.procs import process_start_ticks, run_command
+from startd_health.system.procs import run_command
 from startd_health.system.stuck import Stuck
-from startd_health.core.runner import OVERRUN_GRACE_SECONDS, ProbeContext, run_probes
+from startd_health.core.runner import OVERRUN_GRACE_SECONDS, run_probes
 from startd_health.core.state import StateDir
 from startd_health.probes import all_probes, cvmfs
-from startd_health.probes.cvmfs import (CvmfsProbe, Failure, InsideCheck, Mount, RepoCheck, inside_script, judge, parse_inside,
-                          parse_mounts, parse_repositories, parse_root, still_hung, updated_failures)
+from startd_health.probes.cvmfs import (CvmfsProbe, Failure, RepoCheck, is_cvmfs, judge, parse_repositories, parse_root,
+                                       still_hung, updated_failures)
+from startd_health.system import procfs
+from startd_health.system.inside import CvmfsInside, cvmfs_section, parse_cvmfs
+from startd_health.system.procfs import Mount, parse_mounts
 from tests import cvmfs_sim as sim
 
-from .helpers import wait_gone
+from .helpers import make_context, probe_settings, wait_gone
 
 NOW = 1_800_000_000.0
 HOUR = 3600.0
@@ -72,8 +75,8 @@ def test_parse_mounts_like_the_kernel_writes_them():
             "garbage\n")
     mounts = parse_mounts(text)
     assert mounts["/cvmfs/" + OASIS] == Mount("tmpfs", "/cvmfs/" + OASIS, "tmpfs")
-    assert mounts["/my cvmfs/x.org"].is_cvmfs and not mounts["/cvmfs"].is_cvmfs
-    assert CVMFS_MOUNT.is_cvmfs
+    assert is_cvmfs(mounts["/my cvmfs/x.org"]) and not is_cvmfs(mounts["/cvmfs"])
+    assert is_cvmfs(CVMFS_MOUNT)
 
 
 # ---------------------------------------------------------------- judge, on recorded facts
@@ -186,7 +189,7 @@ def test_repo_budget_leaves_room_for_the_kill_sequence():
 
 
 def test_still_hung_only_while_that_very_process_lives(tmp_path):
-    me = process_start_ticks(os.getpid())
+    me = procfs.start_ticks(os.getpid())
     record = tmp_path / ("hung-" + OASIS + ".json")
     cvmfs.remember_hung(str(tmp_path), OASIS, [os.getpid()], NOW)
     assert still_hung(str(tmp_path), OASIS) == Stuck((os.getpid(),), NOW)
@@ -202,18 +205,20 @@ def test_still_hung_only_while_that_very_process_lives(tmp_path):
 # ---------------------------------------------------------------- gather, on simulated repositories
 
 def settings(root, repos, repo_timeout=5.0, quarantine=WINDOW, timeout=10.0):
-    return {"period": 300.0, "timeout": timeout, "repositories": tuple(repos), "root": str(root),
-            "repo_timeout": repo_timeout, "quarantine": quarantine}
+    return probe_settings("cvmfs", timeout=timeout, repositories=tuple(repos), root=str(root),
+                          repo_timeout=repo_timeout, quarantine=quarantine)
 
 
 @pytest.fixture
-def site(tmp_path, monkeypatch):
-    """A /cvmfs of simulated repositories; mount() adds one to the recorded mounts file."""
+def site(tmp_path):
+    """A /cvmfs of simulated repositories; mount() adds one to the recorded
+    mount table (proc/self/mounts under the probe's root, system_root)."""
     class Site:
         def __init__(self):
             self.root = tmp_path / "cvmfs"
             self.state = tmp_path / "state"
-            self.mounts_file = tmp_path / "mounts"
+            self.system_root = tmp_path / "system"
+            self.mounts_file = self.system_root / "proc" / "self" / "mounts"
             self.points = []
 
         def repo(self, name, mounted=True, **xattrs):
@@ -227,14 +232,14 @@ def site(tmp_path, monkeypatch):
             sim.write_mounts(str(self.mounts_file), self.points)
 
         def run(self, repos, **kw):
-            ctx = ProbeContext("cvmfs", settings(self.root, repos, **kw), time.monotonic() + 10,
-                               scratch_root=str(self.state))
+            ctx = make_context("cvmfs", 10, scratch_root=str(self.state), system_root=str(self.system_root),
+                               **settings(self.root, repos, **kw))
             return CvmfsProbe().run(ctx)
 
     site = Site()
     site.root.mkdir()
+    site.mounts_file.parent.mkdir(parents=True)
     sim.write_mounts(str(site.mounts_file), [])
-    monkeypatch.setattr(cvmfs, "MOUNTS_FILE", str(site.mounts_file))
     return site
 
 
@@ -266,7 +271,7 @@ def test_missing_and_unmounted_repos_fail(site):
 def test_symlinked_root_is_matched_by_its_real_path(site, tmp_path):
     site.repo(OASIS)
     os.symlink(site.root, tmp_path / "link")
-    ctx = ProbeContext("cvmfs", settings(tmp_path / "link", [OASIS]), time.monotonic() + 10)
+    ctx = make_context("cvmfs", 10, system_root=str(site.system_root), **settings(tmp_path / "link", [OASIS]))
     r = CvmfsProbe().run(ctx)   # also: no state directory at all
     assert r.status is Status.OK, r.reason
 
@@ -301,9 +306,9 @@ def test_failed_repo_stays_quarantined_within_the_window_and_clears_after(site):
     assert json.loads((site.state / "cvmfs" / cvmfs.QUARANTINE_FILE).read_text()) == {}
 
 
-def test_unreadable_mount_table_is_not_reported_as_unmounted(site, monkeypatch):
+def test_unreadable_mount_table_is_not_reported_as_unmounted(site):
     site.repo(OASIS)
-    monkeypatch.setattr(cvmfs, "MOUNTS_FILE", str(site.root / "no-such-mounts"))
+    site.mounts_file.unlink()
     assert site.run([OASIS]).status is Status.OK
 
 
@@ -313,12 +318,9 @@ def test_unreadable_mount_table_is_not_reported_as_unmounted(site, monkeypatch):
 def hung():
     """hung(target, swallow=True): a FUSE mount there that never answers;
     always unmounted (freeing every blocked process) at the end."""
-    why = sim.fuse_available()
+    why = sim.fuse_available()   # the tests using this are marked root
     if why:
-        if os.environ.get("STARTD_HEALTH_SKIP_E2E"):
-            pytest.skip(f"hung-mount simulation unavailable: {why} (STARTD_HEALTH_SKIP_E2E set)")
-        pytest.fail(f"hung-mount simulation needs root and /dev/fuse: {why} "
-                    "(set STARTD_HEALTH_SKIP_E2E=1 to skip)")
+        pytest.fail(f"hung-mount simulation needs root and /dev/fuse: {why} (deselect with -m 'not root')")
     mounts = []
 
     def make(target, swallow=True):
@@ -330,6 +332,7 @@ def hung():
         mount.cleanup()
 
 
+@pytest.mark.root
 def test_simulated_hung_mount_really_blocks_and_cleanup_frees_it(hung, tmp_path):
     mount = hung(tmp_path / "hung.example.org")
     ls = subprocess.Popen(["ls", mount.target], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -347,6 +350,7 @@ def test_simulated_hung_mount_really_blocks_and_cleanup_frees_it(hung, tmp_path)
     assert ls.wait(5) == -signal.SIGTERM
 
 
+@pytest.mark.root
 def test_killable_hang_is_killed_not_left_behind(hung, site):
     site.repo("cms.cern.ch")
     hung_path = site.root / "stuck.example.org"
@@ -360,6 +364,8 @@ def test_killable_hang_is_killed_not_left_behind(hung, site):
     assert not list((site.state / "cvmfs").glob("hung-*"))     # nothing left to wait for
 
 
+@pytest.mark.root
+@pytest.mark.slow
 def test_hung_repo_is_abandoned_others_ok_and_no_child_piles_up(hung, site):
     """With the default knobs (20 s per repository, 30 s per probe) and a
     6 s run deadline: the hung repository's budget is what the deadline
@@ -375,7 +381,7 @@ def test_hung_repo_is_abandoned_others_ok_and_no_child_piles_up(hung, site):
     before = set(sim.children_of(os.getpid()))
 
     deadline = 6.0
-    first = run_probes([CvmfsProbe()], configured, deadline, state=state)
+    first = run_probes([CvmfsProbe()], configured, deadline, state=state, system_root=str(site.system_root))
     result = first.results[0]
     print(f"\nhung-repo run: {first.duration_seconds:.2f}s of a {deadline:g}s deadline; {result.reason}")
     # The probe's budget ends OVERRUN_GRACE_SECONDS before the deadline; the
@@ -399,7 +405,8 @@ def test_hung_repo_is_abandoned_others_ok_and_no_child_piles_up(hung, site):
     assert [entry["pid"] for entry in record["pids"]] == [stuck]
     requests = len(mount.requests)
 
-    second = run_probes([CvmfsProbe()], configured, deadline, state=state, force=True)
+    second = run_probes([CvmfsProbe()], configured, deadline, state=state, force=True,
+                        system_root=str(site.system_root))
     again = second.results[0]
     print(f"second run: {second.duration_seconds:.2f}s; {again.reason}")
     assert second.duration_seconds < 1.0
@@ -410,7 +417,8 @@ def test_hung_repo_is_abandoned_others_ok_and_no_child_piles_up(hung, site):
 
     mount.cleanup()                        # the mount recovers: its child is freed and goes
     assert wait_gone([stuck]) == []
-    third = run_probes([CvmfsProbe()], configured, deadline, state=state, force=True).results[0]
+    third = run_probes([CvmfsProbe()], configured, deadline, state=state, force=True,
+                       system_root=str(site.system_root)).results[0]
     assert not (site.state / "probes" / "cvmfs" / "hung-hung.example.org.json").exists()
     assert third.facts["repos_quarantined"] == ("hung.example.org",)                # checked again, held back
     assert third.reason.endswith(f": {timed_out.group(0)[len('hung.example.org: '):]})"), third.reason
@@ -420,10 +428,10 @@ def test_hung_repo_is_abandoned_others_ok_and_no_child_piles_up(hung, site):
 
 def test_inside_script_parses_to_facts(site):
     site.repo(OASIS, revision="4242")
-    script = inside_script(str(site.root), [OASIS, "missing.example.org"])
+    script = cvmfs_section(str(site.root), [OASIS, "missing.example.org"])
     out = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=10)
-    found = parse_inside(out.stdout, [OASIS, "missing.example.org"])
-    assert found[OASIS] == InsideCheck(OASIS, True, 4242)
+    found = parse_cvmfs(out.stdout, [OASIS, "missing.example.org"])
+    assert found[OASIS] == CvmfsInside(OASIS, True, 4242)
     assert not found["missing.example.org"].ok
     assert "No such file or directory" in found["missing.example.org"].reason
 
@@ -436,23 +444,24 @@ def test_inside_script_needs_only_sh_and_ls(site, tmp_path, tools, revision):
     bin_dir.mkdir()
     for tool in tools:
         os.symlink(subprocess.check_output(["sh", "-c", f"command -v {tool}"], text=True).strip(), bin_dir / tool)
-    out = subprocess.run(["/bin/sh", "-c", inside_script(str(site.root), [OASIS, "missing.example.org"])],
+    out = subprocess.run(["/bin/sh", "-c", cvmfs_section(str(site.root), [OASIS, "missing.example.org"])],
                          capture_output=True, text=True, timeout=10, env={"PATH": str(bin_dir)})
     assert f"cvmfs {OASIS} ok {revision or ''}\n" in out.stdout
-    found = parse_inside(out.stdout)
-    assert found[OASIS] == InsideCheck(OASIS, True, revision)
+    found = parse_cvmfs(out.stdout)
+    assert found[OASIS] == CvmfsInside(OASIS, True, revision)
     assert found["missing.example.org"].reason.endswith("No such file or directory")
 
 
+@pytest.mark.root
 def test_inside_script_under_a_timeout_reports_the_hung_repo_as_unanswered(hung, site):
     site.repo(OASIS, revision="4242")
     hung(site.root / "hung.example.org", swallow=False)
     repos = [OASIS, "hung.example.org"]
-    result = run_command(["/bin/sh", "-c", inside_script(str(site.root), repos)], timeout=0.5)
+    result = run_command(["/bin/sh", "-c", cvmfs_section(str(site.root), repos)], timeout=0.5)
     assert result.timed_out and not result.abandoned
-    found = parse_inside(result.stdout, repos)
+    found = parse_cvmfs(result.stdout, repos)
     assert found[OASIS].ok and found[OASIS].revision == 4242
-    assert found["hung.example.org"] == InsideCheck("hung.example.org", False,
+    assert found["hung.example.org"] == CvmfsInside("hung.example.org", False,
                                                     reason="no answer (hung mount or timed out)")
 
 
@@ -461,10 +470,10 @@ def test_parse_inside_ignores_noise_and_keeps_reasons():
             "cvmfs a.org ok 17\n"
             "cvmfs b.org fail ls: cannot access '/cvmfs/b.org/.': Transport endpoint is not connected\n"
             "cvmfs c.org ok notanumber\n")
-    found = parse_inside(text)
-    assert found == {"a.org": InsideCheck("a.org", True, 17),
-                     "b.org": InsideCheck("b.org", False, reason="ls: cannot access '/cvmfs/b.org/.': "
+    found = parse_cvmfs(text)
+    assert found == {"a.org": CvmfsInside("a.org", True, 17),
+                     "b.org": CvmfsInside("b.org", False, reason="ls: cannot access '/cvmfs/b.org/.': "
                                                                   "Transport endpoint is not connected"),
-                     "c.org": InsideCheck("c.org", True, None)}
+                     "c.org": CvmfsInside("c.org", True, None)}
     with pytest.raises(ValueError):
-        inside_script("/cvmfs", ["bad name"])
+        cvmfs_section("/cvmfs", ["bad name"])

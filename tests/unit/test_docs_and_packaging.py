@@ -7,7 +7,7 @@ import time
 
 from startd_health.cli.knobs import all_knobs
 from startd_health.monitor.cron import render
-from startd_health.core.runner import RunReport
+from startd_health.core.model import RunReport
 from startd_health.core.verdict import judge
 from startd_health.probes.container import Gathered, Launch, Runtime, judge as judge_container
 

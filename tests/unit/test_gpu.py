@@ -9,12 +9,12 @@ import time
 import pytest
 
 from startd_health.core.model import Status
-from startd_health.core.runner import ProbeContext, run_probes
+from startd_health.core.runner import run_probes
 from startd_health.probes import all_probes
 from startd_health.probes.gpu import (QUERY_ARGS, Gathered, Gpu, GpuProbe, gather, judge, no_gpu_message, parse_count,
                         parse_detected_gpus, parse_nvidia_smi_L, parse_query_gpu, parse_resource_count)
 
-from .helpers import FakeCondor, wait_gone
+from .helpers import FakeCondor, make_context, probe_settings, wait_gone
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "nvidia-smi")
 # recorded file -> the exit status nvidia-smi gives with it (see data/nvidia-smi/README.md)
@@ -33,12 +33,8 @@ T4 = parse_query_gpu(recorded("t4.query.csv"))
 
 
 
-def settings(nvidia_smi="", condor_count=-1):
-    return {"period": 300.0, "timeout": 60.0, "nvidia_smi": nvidia_smi, "condor_count": condor_count}
-
-
-def context(budget=20.0, condor=None, **kwargs):
-    return ProbeContext("gpu", settings(**kwargs), time.monotonic() + budget, condor=condor)
+def context(budget=20.0, condor=None, root="/", **knobs):
+    return make_context("gpu", budget, condor, system_root=root, **knobs)
 
 
 def script(path, body):
@@ -231,7 +227,7 @@ def test_gather_through_a_recorded_nvidia_smi_and_htcondor_discovery(tmp_path):
                        'echo \'DetectedGPUs="GPU-5b0cd9d2, GPU-a3f1e6c7"\'\n'
                        "echo 'GPU_5b0cd9d2 = [ Id = \"GPU-5b0cd9d2\"; DeviceName = \"NVIDIA A100-SXM4-40GB\" ]'\n")
     condor = FakeCondor(MACHINE_RESOURCE_INVENTORY_GPUS=discovery + " -properties")
-    g = gather(context(nvidia_smi=fake_smi(tmp_path, "a100x2.query.csv"), condor=condor), root=root)
+    g = gather(context(nvidia_smi=fake_smi(tmp_path, "a100x2.query.csv"), condor=condor, root=root))
     assert (g.pci_devices, g.device_nodes, g.render_nodes) == (2, 2, 1)   # vfio-pci one passed through: not ours
     assert g.gpus == A100X2 and g.condor_count == 2 and g.condor_source == "MACHINE_RESOURCE_INVENTORY_GPUS"
     assert judge(g).status is Status.OK
@@ -244,7 +240,7 @@ def test_gather_default_discovery_and_a_mismatch(tmp_path):
     args = tmp_path / "args"
     script(libexec / "condor_gpu_discovery", f'echo "$*" > {args}\necho \'DetectedGPUs="CUDA0, CUDA1"\'\n')
     condor = FakeCondor(LIBEXEC=str(libexec), STARTD_DETECT_GPUS="-properties -extra")
-    result = judge(gather(context(nvidia_smi=fake_smi(tmp_path, "t4.query.csv"), condor=condor), root=root))
+    result = judge(gather(context(nvidia_smi=fake_smi(tmp_path, "t4.query.csv"), condor=condor, root=root)))
     assert args.read_text() == "-properties -extra\n"
     assert result.status is Status.DEGRADED and result.facts["detected_by_condor"] == 2
     assert result.reason.endswith("HTCondor detects 2 (condor_gpu_discovery), not 1")
@@ -253,19 +249,19 @@ def test_gather_default_discovery_and_a_mismatch(tmp_path):
 def test_gather_htcondor_views_without_running_discovery(tmp_path):
     root = gpu_tree(tmp_path, pci=1, nodes=1)
     smi = fake_smi(tmp_path, "t4.query.csv")
-    static = gather(context(nvidia_smi=smi, condor=FakeCondor(MACHINE_RESOURCE_GPUS="CUDA0")), root=root)
+    static = gather(context(nvidia_smi=smi, condor=FakeCondor(MACHINE_RESOURCE_GPUS="CUDA0"), root=root))
     assert (static.condor_count, static.condor_source) == (1, "MACHINE_RESOURCE_GPUS")
-    off = gather(context(nvidia_smi=smi, condor=FakeCondor(STARTD_DETECT_GPUS="false")), root=root)
+    off = gather(context(nvidia_smi=smi, condor=FakeCondor(STARTD_DETECT_GPUS="false"), root=root))
     assert off.condor_count == 0 and judge(off).status is Status.DEGRADED
-    stated = gather(context(nvidia_smi=smi, condor_count=1, condor=FakeCondor(MACHINE_RESOURCE_GPUS="4")), root=root)
+    stated = gather(context(nvidia_smi=smi, condor_count=1, condor=FakeCondor(MACHINE_RESOURCE_GPUS="4"), root=root))
     assert (stated.condor_count, stated.condor_source) == (1, "STARTD_HEALTH_GPU_CONDOR_COUNT")
-    no_config = gather(context(nvidia_smi=smi), root=root)
+    no_config = gather(context(nvidia_smi=smi, root=root))
     assert no_config.condor_count == -1 and judge(no_config).status is Status.OK
 
 
 def test_gather_driver_failure(tmp_path):
     smi = fake_smi(tmp_path, "no-driver.txt")
-    with_gpus = judge(gather(context(nvidia_smi=smi), root=gpu_tree(tmp_path, pci=2, nodes=0)))
+    with_gpus = judge(gather(context(nvidia_smi=smi, root=gpu_tree(tmp_path, pci=2, nodes=0))))
     assert with_gpus.status is Status.FAILED
     assert with_gpus.reason == ("nvidia-smi exit 9: NVIDIA-SMI has failed because it couldn't communicate with "
                                 "the NVIDIA driver. Make sure that the latest NVIDIA driver is installed and running.")
@@ -277,8 +273,8 @@ def test_gather_driver_failure(tmp_path):
 def test_gather_empty_and_no_devices(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    empty = judge(gather(context(nvidia_smi=fake_smi(tmp_path / "a", "empty.txt")),
-                         root=gpu_tree(tmp_path, pci=1, nodes=1)))
+    empty = judge(gather(context(nvidia_smi=fake_smi(tmp_path / "a", "empty.txt"),
+                                 root=gpu_tree(tmp_path, pci=1, nodes=1))))
     assert empty.status is Status.FAILED and empty.reason.startswith("nvidia-smi lists no GPU but")
     none = judge(gather(context(nvidia_smi=fake_smi(tmp_path / "b", "no-devices.txt"))))
     assert none.status is Status.SKIPPED
@@ -304,7 +300,7 @@ def test_hanging_nvidia_smi_under_the_runner(tmp_path):
     pidfile = tmp_path / "pid"
     hang = script(tmp_path / "nvidia-smi", f"echo $$ > {pidfile}\ntrap '' TERM\nsleep 60\n")
     t0 = time.monotonic()
-    report = run_probes([GpuProbe()], {"gpu": dict(settings(nvidia_smi=hang), timeout=1.0)}, deadline_seconds=30)
+    report = run_probes([GpuProbe()], {"gpu": probe_settings("gpu", nvidia_smi=hang, timeout=1.0)}, deadline_seconds=30)
     elapsed = time.monotonic() - t0
     (result,) = report.results
     assert result.status is Status.FAILED and "timed out" in result.reason, result
@@ -321,30 +317,28 @@ def nv_runtime(tmp_path, listing=None, fail=""):
 
 
 def nv_context(tmp_path, runtime, images=("el9=/img/el9.sif",)):
-    ctx = context(nvidia_smi=fake_smi(tmp_path, "a100x2.query.csv"), condor_count=2)
-    ctx.settings = dict(ctx.settings, container_images=images, container_runtime=runtime, nv_image="")
-    return ctx
+    return context(nvidia_smi=fake_smi(tmp_path, "a100x2.query.csv"), condor_count=2, container_images=images,
+                   container_runtime=runtime, nv_image="", root=gpu_tree(tmp_path))
 
 
 def test_nv_launch_sees_every_gpu(tmp_path):
-    r = judge(gather(nv_context(tmp_path, nv_runtime(tmp_path, "a100x2.L.txt")), root=gpu_tree(tmp_path)))
+    r = judge(gather(nv_context(tmp_path, nv_runtime(tmp_path, "a100x2.L.txt"))))
     assert r.status is Status.OK and r.facts["nv_count"] == 2 and r.facts["nv_image"] == "/img/el9.sif"
     assert "all 2 visible with --nv" in r.reason
 
 
 def test_nv_launch_seeing_fewer_gpus_is_degraded(tmp_path):
-    r = judge(gather(nv_context(tmp_path, nv_runtime(tmp_path, "t4.L.txt")), root=gpu_tree(tmp_path)))
+    r = judge(gather(nv_context(tmp_path, nv_runtime(tmp_path, "t4.L.txt"))))
     assert r.status is Status.DEGRADED and "exec --nv /img/el9.sif sees 1" in r.reason
 
 
 def test_failed_nv_launch_fails_the_gpu_probe(tmp_path):
     runtime = nv_runtime(tmp_path, fail="FATAL: could not find libnvidia-ml.so")
-    r = judge(gather(nv_context(tmp_path, runtime), root=gpu_tree(tmp_path)))
+    r = judge(gather(nv_context(tmp_path, runtime)))
     assert r.status is Status.FAILED and "exec --nv /img/el9.sif failed" in r.reason
     assert "libnvidia-ml.so" in r.reason
 
 
 def test_no_image_means_no_nv_launch(tmp_path):
-    r = judge(gather(nv_context(tmp_path, nv_runtime(tmp_path, fail="must not run"), images=()),
-                     root=gpu_tree(tmp_path)))
+    r = judge(gather(nv_context(tmp_path, nv_runtime(tmp_path, fail="must not run"), images=())))
     assert r.status is Status.OK and "nv_image" not in r.facts

@@ -4,8 +4,8 @@ the end-to-end tests, inside real images)."""
 import os
 import subprocess
 
-from startd_health.probes import _inside as inside
-from startd_health.probes.container import judge_launch
+from startd_health.system import inside
+from startd_health.system.container import judge_launch
 
 
 def run(script, env=None):

@@ -7,15 +7,22 @@ import socket
 import threading
 import time
 
-import classad2
 import pytest
 
-from startd_health.monitor import pool_exporter as pe
+from startd_health.monitor.pool.aggregate import PROBE_STATUSES, PoolSnapshot, aggregate, node_state, pick_machines
+from startd_health.monitor.pool.exporter import PoolExporter
+from startd_health.monitor.pool.families import snapshot_families
+from startd_health.monitor.pool.query import CHILD_START_SECONDS, run_query_child
+from startd_health.monitor.pool.schema import MAX_LABEL_CHARS, MAX_LABEL_VALUES, Schema, constraint
+from startd_health.monitor.pool_knobs import POOL_KNOBS, default_collectors
 from startd_health.core.config import CondorParams
 from tests.pool_ads import machines
 
+classad2 = pytest.importorskip("classad2", reason="needs the HTCondor Python bindings")
+pytestmark = pytest.mark.bindings
+
 NOW = 1_800_000_000.0
-SCHEMA = pe.Schema(("container", "cvmfs"), ("el9", "el8"))
+SCHEMA = Schema(("container", "cvmfs"), ("el9", "el8"))
 
 
 def ad(**attrs):
@@ -36,16 +43,16 @@ def test_projection_names_only_what_is_read():
         assert attr in projection
     assert len(projection) == len(set(projection))
     # image names as the cron renderer spells them in attribute names
-    assert pe.Schema((), ("el9.2-x",)).launch_attr("el9.2-x") == "StartdHealthContainerLaunchSeconds_el9_2_x"
+    assert Schema((), ("el9.2-x",)).launch_attr("el9.2-x") == "StartdHealthContainerLaunchSeconds_el9_2_x"
 
 
 def test_constraint_leaves_dynamic_slots_out_and_keeps_the_sites_own():
-    assert pe.constraint("") == 'SlotType =!= "Dynamic"'
-    expr = classad2.ExprTree(pe.constraint('GLIDEIN_Site == "X"'))
+    assert constraint("") == 'SlotType =!= "Dynamic"'
+    expr = classad2.ExprTree(constraint('GLIDEIN_Site == "X"'))
     assert expr.eval(ad(SlotType="Partitionable", GLIDEIN_Site="X")) is True
     assert expr.eval(ad(SlotType="Dynamic", GLIDEIN_Site="X")) is False
     assert expr.eval(ad(SlotType="Static", GLIDEIN_Site="Y")) is False
-    assert classad2.ExprTree(pe.constraint("")).eval(ad()) is True   # no SlotType: a static slot of old startds
+    assert classad2.ExprTree(constraint("")).eval(ad()) is True   # no SlotType: a static slot of old startds
 
 
 def test_a_machine_counts_once_and_its_partitionable_slot_wins():
@@ -57,11 +64,11 @@ def test_a_machine_counts_once_and_its_partitionable_slot_wins():
         ad(Name="slot1@b", Machine="b", SlotType="Static", **fresh(True)),
         ad(Name="slot1_1@c", Machine="c", SlotType="Dynamic", **fresh(False)),   # only a dynamic slot seen
     ]
-    snap = pe.aggregate(ads, SCHEMA, NOW, 900)
+    snap = aggregate(ads, SCHEMA, NOW, 900)
     assert snap.ads == 6
     assert snap.nodes == {"healthy": 1, "unhealthy": 2, "stale": 0, "unknown": 0}
     assert snap.node_healthy == {"a": 0, "b": 1, "c": 0}
-    assert pe.pick_machines(ads)["b"]["Name"] == "slot1@b"   # first static slot, deterministic
+    assert pick_machines(ads)["b"]["Name"] == "slot1@b"   # first static slot, deterministic
 
 
 def test_among_startds_of_one_machine_the_freshest_verdict_wins():
@@ -69,12 +76,12 @@ def test_among_startds_of_one_machine_the_freshest_verdict_wins():
               StartdHealthOk=False, StartdHealthTimestamp=int(NOW) - 300),
            ad(Name="slot1@glidein_2@h", Machine="h", SlotType="Partitionable", **fresh(True)),
            ad(Name="slot1@glidein_3@h", Machine="h", SlotType="Partitionable")]   # no verdict at all
-    snap = pe.aggregate(ads, SCHEMA, NOW, 900)
+    snap = aggregate(ads, SCHEMA, NOW, 900)
     assert snap.node_healthy == {"h": 1}
 
 
 def test_machine_from_name_when_the_ad_has_no_machine_attribute():
-    snap = pe.aggregate([ad(Name="slot1@x.example", **fresh(True)), ad(Name="slot2@x.example", **fresh(True)),
+    snap = aggregate([ad(Name="slot1@x.example", **fresh(True)), ad(Name="slot2@x.example", **fresh(True)),
                          ad(SlotType="Static", **fresh(True))], SCHEMA, NOW, 900)   # neither: ignored
     assert snap.node_healthy == {"x.example": 1}
 
@@ -91,7 +98,7 @@ def test_machine_from_name_when_the_ad_has_no_machine_attribute():
     ({}, "unknown"),
 ])
 def test_node_states(attrs, state):
-    assert pe.node_state(ad(Machine="m", **attrs), NOW, 900) == state
+    assert node_state(ad(Machine="m", **attrs), NOW, 900) == state
 
 
 def test_probe_statuses_come_from_status_attributes_and_the_verdict_lists():
@@ -103,8 +110,8 @@ def test_probe_statuses_come_from_status_attributes_and_the_verdict_lists():
            # stale machines are counted as stale, not in the probe figures
            ad(Machine="d", StartdHealthOk=False, StartdHealthTimestamp=int(NOW) - 5000,
               StartdHealthFailedProbes=["container"], StartdHealthContainerStatus="failed")]
-    snap = pe.aggregate(ads, SCHEMA, NOW, 900)
-    zero = dict.fromkeys(pe.PROBE_STATUSES, 0)
+    snap = aggregate(ads, SCHEMA, NOW, 900)
+    zero = dict.fromkeys(PROBE_STATUSES, 0)
     assert snap.probes == {
         "container": dict(zero, ok=1, degraded=1, skipped=1),
         "cvmfs": dict(zero, failed=1),
@@ -129,7 +136,7 @@ def test_repositories_images_and_launch_times_of_fresh_machines():
            ad(Machine="d", **fresh(True, StartdHealthContainerLaunchSeconds_el9=float("nan"),
                                    StartdHealthContainerLaunchSeconds_el8=-1.0,
                                    StartdHealthCvmfsReposOk="not a list"))]
-    snap = pe.aggregate(ads, SCHEMA, NOW, 900)
+    snap = aggregate(ads, SCHEMA, NOW, 900)
     assert snap.items["cvmfs/repos"] == {"atlas.cern.ch": {"ok": 1, "failed": 1}, "cms.cern.ch": {"ok": 2, "failed": 0}}
     assert snap.items["container/images"] == {"el9": {"ok": 2, "failed": 0}, "el8": {"ok": 1, "failed": 1}}
     assert snap.launch == {"el9": [0.12, 2.5], "el8": [0.3]}
@@ -139,17 +146,17 @@ def test_repositories_images_and_launch_times_of_fresh_machines():
 def test_label_values_from_remote_ads_are_bounded():
     many = [ad(Machine=f"m{i}", **fresh(True, StartdHealthCvmfsReposOk=[f"repo{i}.example", "x" * 1000],
                                         StartdHealthFailedProbes=[f"probe{i}"]))
-            for i in range(pe.MAX_LABEL_VALUES + 50)]
-    snap = pe.aggregate(many, SCHEMA, NOW, 900)
-    assert len(snap.items["cvmfs/repos"]) == pe.MAX_LABEL_VALUES
-    assert len(snap.probes) == pe.MAX_LABEL_VALUES
-    assert max(len(name) for name in snap.items["cvmfs/repos"]) == pe.MAX_LABEL_CHARS
-    assert len(snap.node_healthy) == pe.MAX_LABEL_VALUES + 50   # the per-machine family is not capped
+            for i in range(MAX_LABEL_VALUES + 50)]
+    snap = aggregate(many, SCHEMA, NOW, 900)
+    assert len(snap.items["cvmfs/repos"]) == MAX_LABEL_VALUES
+    assert len(snap.probes) == MAX_LABEL_VALUES
+    assert max(len(name) for name in snap.items["cvmfs/repos"]) == MAX_LABEL_CHARS
+    assert len(snap.node_healthy) == MAX_LABEL_VALUES + 50   # the per-machine family is not capped
 
 
 def test_synthetic_pool_matches_its_expectation():
     ads, exp = machines(300, int(NOW))
-    snap = pe.aggregate([ad(**a) for a in ads], SCHEMA, NOW, 900)
+    snap = aggregate([ad(**a) for a in ads], SCHEMA, NOW, 900)
     assert snap.nodes == exp.nodes
     assert {p: c["failed"] for p, c in snap.probes.items() if c["failed"]} == exp.failed
     assert {p: c["degraded"] for p, c in snap.probes.items() if c["degraded"]} == exp.degraded
@@ -160,15 +167,15 @@ def test_synthetic_pool_matches_its_expectation():
     # what the collector returns under the exporter's constraint gives the same figures
     queried = [ad(**a) for a in ads if a["SlotType"] != "Dynamic"]
     assert len(queried) == exp.queried_ads
-    again = pe.aggregate(queried, SCHEMA, NOW, 900)
+    again = aggregate(queried, SCHEMA, NOW, 900)
     assert (again.nodes, again.probes, again.items, again.launch) == (snap.nodes, snap.probes, snap.items, snap.launch)
 
 
 def test_snapshot_round_trips_through_json():
     ads, _ = machines(40, int(NOW))
-    snap = pe.aggregate([ad(**a) for a in ads], SCHEMA, NOW, 900, collector="cm:9618")
+    snap = aggregate([ad(**a) for a in ads], SCHEMA, NOW, 900, collector="cm:9618")
     import json
-    assert pe.PoolSnapshot.from_json(json.loads(json.dumps(snap.to_json()))) == snap
+    assert PoolSnapshot.from_json(json.loads(json.dumps(snap.to_json()))) == snap
 
 
 def exposition(families):
@@ -189,7 +196,7 @@ def test_metric_families():
            ad(Machine="b", **fresh(False, StartdHealthCvmfsStatus="failed", StartdHealthFailedProbes=["cvmfs"],
                                    StartdHealthCvmfsReposFailed=["atlas.cern.ch"],
                                    StartdHealthContainerImagesOk=["el9"], StartdHealthContainerLaunchSeconds_el9=0.4))]
-    text = exposition(pe.snapshot_families(pe.aggregate(ads, SCHEMA, NOW, 900)))
+    text = exposition(snapshot_families(aggregate(ads, SCHEMA, NOW, 900)))
     for line in ('startd_health_pool_nodes{state="healthy"} 1.0', 'startd_health_pool_nodes{state="unknown"} 0.0',
                  'startd_health_pool_node_healthy{machine="b"} 0.0',
                  'startd_health_pool_probe_nodes{probe="cvmfs",status="failed"} 1.0',
@@ -204,17 +211,17 @@ def test_metric_families():
         assert line in text, line
     sums = [line for line in text.splitlines() if line.startswith("startd_health_pool_container_launch_seconds_sum")]
     assert math.isclose(float(sums[0].split()[-1]), 0.47)
-    assert "machine=" not in exposition(pe.snapshot_families(pe.aggregate(ads, SCHEMA, NOW, 900), node_metrics=False))
+    assert "machine=" not in exposition(snapshot_families(aggregate(ads, SCHEMA, NOW, 900), node_metrics=False))
 
 
 def test_exporter_serves_its_own_health_always_and_pool_figures_only_while_fresh():
-    exporter = pe.PoolExporter(["cm1:9618", "cm2:9618"], ["container"], interval=60, stale_after=900)
+    exporter = PoolExporter(["cm1:9618", "cm2:9618"], ["container"], interval=60, stale_after=900)
     text = exposition(exporter.collect())
     assert "startd_health_pool_query_success 0.0" in text
     assert 'startd_health_pool_collector_failures_total{collector="cm2:9618"} 0.0' in text
     assert "startd_health_pool_nodes" not in text and "startd_health_pool_collector_info{" not in text
-    snap = pe.aggregate([ad(Machine="a", **fresh(True))], SCHEMA, time.time(), 900, collector="cm2:9618")
-    exporter.snapshot, exporter._families, exporter.last_ok = snap, pe.snapshot_families(snap), True
+    snap = aggregate([ad(Machine="a", **fresh(True))], SCHEMA, time.time(), 900, collector="cm2:9618")
+    exporter.snapshot, exporter._families, exporter.last_ok = snap, snapshot_families(snap), True
     text = exposition(exporter.collect())
     assert 'startd_health_pool_collector_info{collector="cm2:9618"} 1.0' in text
     assert 'startd_health_pool_nodes{state="healthy"} 1.0' in text and "startd_health_pool_query_ads 1.0" in text
@@ -223,7 +230,7 @@ def test_exporter_serves_its_own_health_always_and_pool_figures_only_while_fresh
 
 
 def test_knobs():
-    knobs = {k.name: k for k in pe.POOL_KNOBS}
+    knobs = {k.name: k for k in POOL_KNOBS}
     assert knobs["POOL_LISTEN"].default == ("127.0.0.1", 9762)
     assert knobs["POOL_LISTEN"].format(knobs["POOL_LISTEN"].parse("[::1]:9762")) == "[::1]:9762"
     assert knobs["POOL_STALE_AFTER"].default == 900 and knobs["POOL_INTERVAL"].default == 60
@@ -239,9 +246,9 @@ def test_knobs():
         def get(self, name):
             return self.value if name == "COLLECTOR_HOST" else None
 
-    assert pe.default_collectors(Params("cm1.example:9618, cm2.example")) == (
+    assert default_collectors(Params("cm1.example:9618, cm2.example")) == (
         ("cm1.example:9618", "cm2.example"), "default (HTCondor COLLECTOR_HOST)")
-    assert pe.default_collectors(Params(None)) is None
+    assert default_collectors(Params(None)) is None
 
 
 def test_query_child_reports_a_refused_collector_in_one_line(tmp_path):
@@ -249,7 +256,7 @@ def test_query_child_reports_a_refused_collector_in_one_line(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]   # closed again: nothing listens there
     t0 = time.monotonic()
-    snap, error = pe.run_query_child(f"127.0.0.1:{port}", SCHEMA, "", 900, 5, str(tmp_path))
+    snap, error = run_query_child(f"127.0.0.1:{port}", SCHEMA, "", 900, 5, str(tmp_path))
     assert snap is None and error and "\n" not in error
     assert time.monotonic() - t0 < 10
 
@@ -273,7 +280,7 @@ def test_query_child_is_bounded_when_the_collector_never_answers(tmp_path):
     thread.start()
     try:
         t0 = time.monotonic()
-        snap, error = pe.run_query_child(f"127.0.0.1:{server.getsockname()[1]}", SCHEMA, "", 900, 1.0, str(tmp_path))
+        snap, error = run_query_child(f"127.0.0.1:{server.getsockname()[1]}", SCHEMA, "", 900, 1.0, str(tmp_path))
         elapsed = time.monotonic() - t0
     finally:
         stop.set()
@@ -282,4 +289,4 @@ def test_query_child_is_bounded_when_the_collector_never_answers(tmp_path):
             conn.close()
         server.close()
     assert snap is None and error
-    assert elapsed < 1.0 + pe.CHILD_START_SECONDS + 2.5, elapsed
+    assert elapsed < 1.0 + CHILD_START_SECONDS + 2.5, elapsed

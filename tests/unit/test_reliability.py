@@ -111,6 +111,7 @@ def check_state_readable(state_dir: str) -> None:
     assert "container" in StateDir(state_dir).load_all()
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_and_mid_write_next_run_recovers(tmp_path, cli_env):
     runtime = stand_in(tmp_path, "apptainer", WORKING_RUNTIME)
     state = str(tmp_path / "state")
@@ -165,6 +166,7 @@ def pids_in(path) -> list:
         return []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["version", "exec"])
 def test_hung_runtime_run_ends_within_its_deadline(tmp_path, cli_env, where):
     """A runtime that hangs on --version, or an image whose exec hangs (and ignores SIGTERM)."""

@@ -4,6 +4,8 @@ import os
 import threading
 import time
 
+import pytest
+
 from startd_health.core.model import Probe, ProbeResult, Status
 from startd_health.core.runner import OVERRUN_GRACE_SECONDS, run_probes, settings_digest
 from startd_health.core.state import StateDir
@@ -73,6 +75,7 @@ def test_crash_becomes_failed_result_and_others_still_run():
     assert "returned dict, not ProbeResult" in by_name["wrongtype"].reason
 
 
+@pytest.mark.slow
 def test_python_hang_is_abandoned_within_budget():
     probes = [SpinsForever(), Fine()]
     t0 = time.monotonic()

@@ -12,16 +12,30 @@ import time
 import pytest
 
 from startd_health.core.model import Status
-from startd_health.core.runner import ProbeContext
 from startd_health.probes import all_probes
 from startd_health.probes import sessions
 from startd_health.probes.sessions import Cgroups, ForkTest, Gathered, SessionsProbe, condor_settings, gather, judge, parse_cgroups
 
-from .helpers import FakeCondor, run_probe_as_nobody, REPO, pids_alive, wait_gone
+from .helpers import FakeCondor, make_context, run_probe_as_nobody, REPO, pids_alive, wait_gone
+
+FORK_TEST = os.path.join(os.path.dirname(sessions.__file__), sessions.FORK_TEST)
 
 
-def context(budget=20.0, condor=None):
-    return ProbeContext("sessions", {}, time.monotonic() + budget, condor=condor)
+def context(budget=20.0, condor=None, root="/"):
+    return make_context("sessions", budget, condor, system_root=root)
+
+
+def hanging_fork_test(tmp_path, monkeypatch):
+    """Simulated: a supervisor that hangs before its group kill (a copy of
+    the real program with a sleep inserted, run instead of it)."""
+    with open(FORK_TEST) as handle:
+        text = handle.read()
+    hang = text.replace('    out = {"reported"', '    time.sleep(60)\n    out = {"reported"', 1)
+    assert hang != text
+    program = tmp_path / "hanging_fork_test.py"
+    program.write_text(hang)
+    monkeypatch.setattr(sessions, "python_argv",
+                        lambda package, name, *args: [sys.executable, "-I", "-S", str(program), *args])
 
 
 # ---------------------------------------------------------------- the fork test, for real
@@ -44,12 +58,10 @@ def test_gather_for_real_and_nothing_is_left_behind():
     assert elapsed < 3.0, elapsed
 
 
-def test_abandoned_fork_test_leaves_nothing_behind(monkeypatch):
+def test_abandoned_fork_test_leaves_nothing_behind(tmp_path, monkeypatch):
     """The supervisor hangs before its group kill and is killed by ctx.run's
     timeout: the probe kills the test processes by pid from the pid file."""
-    hang = sessions._FORK_TEST.replace('    out = {"reported"', '    time.sleep(60)\n    out = {"reported"', 1)
-    assert hang != sessions._FORK_TEST
-    monkeypatch.setattr(sessions, "_FORK_TEST", hang)
+    hanging_fork_test(tmp_path, monkeypatch)
     t0 = time.monotonic()
     f = sessions.fork_test(context(budget=1.0))
     assert not f.ran and "timed out" in f.error and time.monotonic() - t0 < 3.0
@@ -60,18 +72,17 @@ def test_abandoned_fork_test_leaves_nothing_behind(monkeypatch):
     assert "timed out" in result.reason
 
 
-def test_test_processes_exit_by_themselves_when_the_supervisor_is_gone(monkeypatch):
+def test_test_processes_exit_by_themselves_when_the_supervisor_is_gone(tmp_path, monkeypatch):
     """Even without the probe's cleanup by pid (a probe thread abandoned by
     the runner never gets there), the lifeline pipe ends them."""
-    hang = sessions._FORK_TEST.replace('    out = {"reported"', '    time.sleep(60)\n    out = {"reported"', 1)
-    monkeypatch.setattr(sessions, "_FORK_TEST", hang)
+    hanging_fork_test(tmp_path, monkeypatch)
     monkeypatch.setattr(sessions, "kill_test_processes", lambda pids, token, wait=2.0: ())
     f = sessions.fork_test(context(budget=1.0))
     assert len(f.pids) == 3
     assert wait_gone(list(f.pids), timeout=3.0) == []
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv to become nobody")
+@pytest.mark.root   # becomes nobody with setpriv
 def test_gather_as_an_unprivileged_user():
     """As a STARTD_CRON job runs: not root. The system Python (no os.unshare
     before 3.12, whatever this one is) and the user-namespace pid check."""

@@ -13,11 +13,8 @@ DESCRIPTION = ("Print a POSIX sh script with the checks the container probe runs
 
 
 def main(args: argparse.Namespace) -> int:
-    from startd_health.probes import _inside as inside
-    from startd_health.probes import cvmfs
+    from startd_health.system import inside
 
     config = build_config(args)
-    repos = config["CVMFS_REPOSITORIES"]
-    sections = [cvmfs.inside_script(config["CVMFS_ROOT"], repos)] if repos else []
-    emit(inside.standalone(config["CONTAINER_BINDS"], sections))
+    emit(inside.standalone(config["CONTAINER_BINDS"], config["CVMFS_ROOT"], config["CVMFS_REPOSITORIES"]))
     return EXIT_OK

@@ -13,7 +13,7 @@ DESCRIPTION = ("Query the HTCondor collector(s) every STARTD_HEALTH_POOL_INTERVA
 
 
 def main(args: argparse.Namespace) -> int:
-    from startd_health.monitor.pool_exporter import run
+    from startd_health.monitor.pool.exporter import run
 
     if not args.debug:  # a daemon says when it starts and stops
         logging.getLogger().setLevel(logging.INFO)

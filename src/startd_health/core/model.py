@@ -11,7 +11,10 @@ import enum
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Mapping, Optional, Protocol, Sequence, Set, Tuple, Union
+
+if TYPE_CHECKING:   # typing only: the model imports nothing that runs commands
+    from startd_health.system.procs import CommandResult
 
 # A fact is what a probe found out, in the few shapes every output can carry.
 Fact = Union[bool, int, float, str, Tuple[str, ...]]
@@ -116,6 +119,44 @@ def failed(probe: str, reason: str, **facts: Fact) -> ProbeResult:
     return ProbeResult(probe, Status.FAILED, reason, facts)
 
 
+@dataclass
+class RunReport:
+    """What one run of the probes produced, for the renderers."""
+
+    results: List[ProbeResult]
+    reused: Set[str] = field(default_factory=set)   # probes whose cached result was published
+    state_error: str = ""                          # why results could not be kept, if so
+    overlapped: bool = False                       # another run held the lock: cached results only
+    duration_seconds: float = 0.0
+
+
+class ProbeContext(Protocol):
+    """What a probe may use (core.runner.BudgetedContext is the real one;
+    tests build theirs with the same class). Everything a probe touches goes
+    through it, so that the runner can enforce budgets and the tests can
+    point it at recorded trees."""
+
+    probe: str
+    settings: Mapping[str, Any]    # the probe's knobs (lower-case, without the probe's prefix)
+    condor: Any                    # core.config.CondorParams: HTCondor's own knobs, or None
+    # Where /proc, /sys, /dev and /etc are read from (system.procfs): "/"
+    # on a node, a recorded tree in tests. Commands always run for real.
+    system_root: str
+
+    def remaining(self) -> float:
+        """Seconds left of the probe's budget."""
+
+    def run(self, argv: Sequence[str], timeout: Optional[float] = None,
+            env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None) -> "CommandResult":
+        """Run a command within the budget; its process group dies with the probe."""
+
+    def scratch_dir(self, probe: Optional[str] = None) -> Optional[str]:
+        """The probe's own directory that outlives the run; None without a state directory."""
+
+    def write_scratch(self, name: str, data: bytes) -> None:
+        """Replace file ``name`` in the scratch directory atomically (OSError when it cannot)."""
+
+
 class Probe:
     """One health check. Subclasses live one per module under probes/.
 
@@ -135,7 +176,7 @@ class Probe:
     # the exporter never run it, but publish its last result from the state
     # directory with its age, and it never counts for the node's verdict.
     periodic: ClassVar[bool] = True
-    # Probe-specific configuration knobs (monitor.config.Knob), without the
+    # Probe-specific configuration knobs (core.config.Knob), without the
     # STARTD_HEALTH_ prefix; period and timeout knobs are added for every probe.
     knobs: ClassVar[Sequence[Any]] = ()
     # Other probes' knobs this probe reads (without the STARTD_HEALTH_ prefix);
@@ -143,5 +184,5 @@ class Probe:
     # (CVMFS_REPOSITORIES -> "cvmfs_repositories") and count for the cache.
     shared_knobs: ClassVar[Sequence[str]] = ()
 
-    def run(self, ctx: Any) -> ProbeResult:  # pragma: no cover - interface
+    def run(self, ctx: ProbeContext) -> ProbeResult:  # pragma: no cover - interface
         raise NotImplementedError

@@ -2,7 +2,7 @@
 
 Each probe runs in its own (daemon) thread with a budget = min(its timeout,
 what is left of the overall deadline). External commands go through
-ProbeContext.run, whose timeout is clamped to that budget and whose process
+BudgetedContext.run, whose timeout is clamped to that budget and whose process
 groups the runner kills if the probe overruns. A probe that raises becomes a
 failed result naming the exception; one that does not return in time becomes
 a failed result saying so, and its thread is abandoned, never joined.
@@ -21,12 +21,12 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from startd_health.system import procs
-from startd_health.core.model import Probe, ProbeResult, Status, failed
-from startd_health.core.state import ProbeLock, StateDir, StateError
+from startd_health.core.model import Probe, ProbeResult, RunReport, Status, failed
+from startd_health.core.state import ProbeLock, StateDir, StateError, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +40,16 @@ OVERRUN_GRACE_SECONDS = procs.KILL_GRACE_SECONDS + procs.REAP_WAIT_SECONDS + 0.5
 REUSE_FRACTION = 0.9
 
 
-class ProbeContext:
-    """What a probe may use: its settings, its budget, and a safe way to run commands."""
+class BudgetedContext:
+    """The model's ProbeContext: a probe's settings, its budget, and a safe way to run commands."""
 
     def __init__(self, probe: str, settings: Mapping[str, Any], deadline: float,
-                 condor: Any = None, scratch_root: Optional[str] = None) -> None:
+                 condor: Any = None, scratch_root: Optional[str] = None, system_root: str = "/") -> None:
         self.probe = probe
         self.settings = settings
         self.deadline = deadline  # time.monotonic() value
-        self.condor = condor      # monitor.config.CondorParams, for HTCondor's own knobs
+        self.condor = condor      # core.config.CondorParams, for HTCondor's own knobs
+        self.system_root = system_root  # where /proc, /sys, /dev, /etc are read (a recorded tree in tests)
         self._scratch_root = scratch_root
         self._groups: Set[int] = set()
         self._lock = threading.Lock()
@@ -57,7 +58,7 @@ class ProbeContext:
     def scratch_dir(self, probe: Optional[str] = None) -> Optional[str]:
         """A directory of this probe's own that outlives the run (markers,
         quarantine windows, pids of abandoned children); None without a
-        usable state directory. Write files in it with state.write_atomic.
+        usable state directory. Write files in it with write_scratch.
         probe: another probe's, to READ what it knows (e.g. the container
         probe reads the cvmfs probe's records of hung repositories)."""
         if self._scratch_root is None:
@@ -69,6 +70,12 @@ class ProbeContext:
             log.warning("scratch directory %s: %s", path, exc)
             return None
         return path
+
+    def write_scratch(self, name: str, data: bytes) -> None:
+        directory = self.scratch_dir()
+        if directory is None:
+            raise OSError(f"no scratch directory for probe {self.probe} (no usable state directory)")
+        write_atomic(os.path.join(directory, name), data)
 
     def remaining(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
@@ -99,20 +106,11 @@ class ProbeContext:
             procs.kill_command(pgid, signal.SIGKILL)
 
 
-@dataclass
-class RunReport:
-    results: List[ProbeResult]
-    reused: Set[str] = field(default_factory=set)   # probes whose cached result was published
-    state_error: str = ""                          # why results could not be kept, if so
-    overlapped: bool = False                       # another run held the lock: cached results only
-    duration_seconds: float = 0.0
-
-
 def settings_digest(settings: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _execute(probe: Probe, ctx: ProbeContext, box: Dict[str, ProbeResult]) -> None:
+def _execute(probe: Probe, ctx: BudgetedContext, box: Dict[str, ProbeResult]) -> None:
     started_at, t0 = time.time(), time.monotonic()
     try:
         result = probe.run(ctx)
@@ -141,13 +139,15 @@ def run_probes(
     lock_wait_seconds: float = 5.0,
     force: bool = False,
     condor: Any = None,
+    system_root: str = "/",
 ) -> RunReport:
     """Run (or re-use recent results of) probes; always returns within the deadline.
 
     probe_settings[name] must hold "period" and "timeout" (seconds) plus the
     probe's own knobs. A probe that another process is running right now (its
     lock is held) is not run again: after up to lock_wait_seconds its latest
-    cached result is published instead.
+    cached result is published instead. system_root: where probes read /proc,
+    /sys, /dev and /etc ("/"; a recorded tree in tests).
     """
     t0 = time.monotonic()
     deadline = t0 + deadline_seconds
@@ -161,7 +161,7 @@ def run_probes(
     # Daemonised helpers of our commands re-parent to us, so that they die
     # with their command's family, or at the latest when this run ends.
     with procs.reaping():
-        report = _run(probes, probe_settings, deadline, state, lock_wait_seconds, force, condor)
+        report = _run(probes, probe_settings, deadline, state, lock_wait_seconds, force, condor, system_root)
     report.state_error = state_error or report.state_error
     if report.state_error:
         log.warning("%s", report.state_error)
@@ -173,7 +173,7 @@ def run_probes(
 class _Running:
     probe: Probe
     digest: str
-    ctx: ProbeContext
+    ctx: BudgetedContext
     box: Dict[str, ProbeResult]
     thread: threading.Thread
     budget_end: float      # time.monotonic() when the budget runs out
@@ -182,7 +182,7 @@ class _Running:
 
 
 def _run(probes: Sequence[Probe], settings: Mapping[str, Mapping[str, Any]], deadline: float,
-         state: Optional[StateDir], lock_wait: float, force: bool, condor: Any) -> RunReport:
+         state: Optional[StateDir], lock_wait: float, force: bool, condor: Any, system_root: str) -> RunReport:
     now = time.time()
     report = RunReport([])
     results: Dict[str, ProbeResult] = {}
@@ -215,7 +215,7 @@ def _run(probes: Sequence[Probe], settings: Mapping[str, Mapping[str, Any]], dea
                 results[probe.name] = cached
                 report.reused.add(probe.name)
                 continue
-            running.append(_start(probe, digest, settings[probe.name], deadline, condor, state))
+            running.append(_start(probe, digest, settings[probe.name], deadline, condor, state, system_root))
 
         for run in running:
             previous = state.load(run.probe.name) if state is not None else None
@@ -257,9 +257,10 @@ def _with_last_success(result: ProbeResult, previous: Optional[ProbeResult]) -> 
 
 
 def _start(probe: Probe, digest: str, settings: Mapping[str, Any], deadline: float, condor: Any,
-           state: Optional[StateDir]) -> _Running:
+           state: Optional[StateDir], system_root: str) -> _Running:
     budget_end = min(deadline - OVERRUN_GRACE_SECONDS, time.monotonic() + settings["timeout"])
-    ctx = ProbeContext(probe.name, settings, budget_end, condor, state.probes_dir if state is not None else None)
+    ctx = BudgetedContext(probe.name, settings, budget_end, condor, state.probes_dir if state is not None else None,
+                          system_root)
     box: Dict[str, ProbeResult] = {}
     thread = threading.Thread(target=_execute, args=(probe, ctx, box), name=f"probe-{probe.name}", daemon=True)
     thread.start()

@@ -16,8 +16,7 @@ import re
 from typing import Any, Iterable, List, Sequence
 
 from startd_health import __version__
-from startd_health.core.model import Fact, Measurement, ProbeResult
-from startd_health.core.runner import RunReport
+from startd_health.core.model import Fact, Measurement, ProbeResult, RunReport
 from startd_health.core.verdict import Verdict
 
 ATTR_PREFIX = "StartdHealth"

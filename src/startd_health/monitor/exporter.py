@@ -12,33 +12,28 @@ from __future__ import annotations
 
 import datetime
 import logging
-import signal
 import threading
-import time
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
-from startd_health.monitor.metrics import PREFIX, ResultsCollector
 from startd_health.core.model import Probe, ProbeResult
 from startd_health.core.runner import OVERRUN_GRACE_SECONDS, run_probes
 from startd_health.core.state import StateDir
 from startd_health.core.verdict import Verdict, judge
+from startd_health.monitor.metrics import PREFIX, ResultsCollector
+from startd_health.monitor.serving import LAUNCH_BUCKETS, ScheduledServer, serve_configured  # noqa: F401  (the CLI's import)
 
 log = logging.getLogger(__name__)
 
-LAUNCH_BUCKETS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 
-class NodeExporter:
+class NodeExporter(ScheduledServer):
     def __init__(self, probes: Sequence[Probe], settings: Mapping[str, Mapping[str, Any]],
                  state: Optional[StateDir], condor: Any = None, on_demand: Sequence[str] = ()) -> None:
         """on_demand: probes this exporter never runs (benchmarks) whose last
         result in the state directory is served too, never judged."""
-        import prometheus_client
-        from prometheus_client import CollectorRegistry, Counter, Histogram
-        from prometheus_client.process_collector import ProcessCollector
+        from prometheus_client import Counter, Histogram
 
-        if hasattr(prometheus_client, "disable_created_metrics"):  # 0.17+: no *_created noise series
-            prometheus_client.disable_created_metrics()
+        from startd_health.monitor.serving import new_registry
 
         self.probes = list(probes)
         self.settings = settings
@@ -47,9 +42,8 @@ class NodeExporter:
         self.on_demand = tuple(on_demand)
         self._latest: Dict[str, ProbeResult] = {}
         self._lock = threading.Lock()
-        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry = new_registry()
         self.registry.register(ResultsCollector(self.snapshot))
-        ProcessCollector(registry=self.registry)
         self.runs = Counter(f"{PREFIX}_probe_runs", "probe runs by this exporter", ["probe"], registry=self.registry)
         self.failures = Counter(f"{PREFIX}_probe_failures", "probe runs that failed", ["probe"],
                                 registry=self.registry)
@@ -60,8 +54,6 @@ class NodeExporter:
         if state is not None:
             cached = state.load_all()
             self._latest.update({p.name: cached[p.name] for p in self.probes if p.name in cached})
-        self.scheduler: Any = None
-        self.server: Any = None
 
     def snapshot(self) -> Tuple[Sequence[ProbeResult], Verdict]:
         with self._lock:
@@ -97,57 +89,10 @@ class NodeExporter:
                     registry=self.registry)
             (histogram.labels(*[v for _, v in m.labels]) if m.labels else histogram).observe(m.value)
 
-    def start(self, listen: Tuple[str, int], certfile: str = "", keyfile: str = "") -> None:
-        from apscheduler.schedulers.background import BackgroundScheduler
-        from startd_health.monitor.exporter_listen import start_metrics_server
-
-        self.server = start_metrics_server(listen, self.registry, certfile, keyfile)
-        self.scheduler = BackgroundScheduler(timezone=datetime.timezone.utc)
-        now = datetime.datetime.now(datetime.timezone.utc)
+    def schedule(self, scheduler: Any, now: datetime.datetime) -> None:
         for index, probe in enumerate(self.probes):
             period = self.settings[probe.name]["period"]
-            self.scheduler.add_job(
+            scheduler.add_job(
                 self.run_probe, "interval", args=[probe], id=probe.name, seconds=period,
                 jitter=min(30.0, period / 10), max_instances=1, coalesce=True, misfire_grace_time=max(1, int(period)),
                 next_run_time=now + datetime.timedelta(seconds=0.2 * index))  # first runs now, staggered
-        self.scheduler.start()
-        log.info("serving metrics on %s://%s:%d/metrics", "https" if certfile else "http", *listen)
-
-    def stop(self) -> None:
-        if self.scheduler is not None:
-            self.scheduler.shutdown(wait=False)
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-
-
-def serve(exporter: NodeExporter, listen: Tuple[str, int], certfile: str = "", keyfile: str = "") -> int:
-    """Run until SIGTERM or SIGINT; then stop cleanly (exit status 0)."""
-    stopping = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stopping.set())
-    exporter.start(listen, certfile, keyfile)
-    while not stopping.wait(3600):
-        pass
-    log.info("stopping")
-    exporter.stop()
-    time.sleep(0)  # let the server thread see the shutdown
-    return 0
-
-
-def serve_configured(exporter: Any, config: Any, listen_knob: str) -> int:
-    """Serve an exporter on config[listen_knob] until SIGTERM. The TLS knobs go
-    together; a listen address that cannot be used is a configuration error
-    naming its knob."""
-    from startd_health.core.config import ConfigError
-
-    certfile, keyfile = config["EXPORTER_TLS_CERT"], config["EXPORTER_TLS_KEY"]
-    if bool(certfile) != bool(keyfile):
-        raise ConfigError("STARTD_HEALTH_EXPORTER_TLS_CERT and STARTD_HEALTH_EXPORTER_TLS_KEY go together: "
-                          "set both or neither")
-    try:
-        return serve(exporter, config[listen_knob], certfile, keyfile)
-    except OSError as exc:
-        address, port = config[listen_knob]
-        raise ConfigError(f"STARTD_HEALTH_{listen_knob} ({config.source(listen_knob)}): cannot listen on "
-                          f"{address}:{port}: {exc.strerror or exc}") from None

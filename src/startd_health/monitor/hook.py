@@ -90,11 +90,10 @@ def decide(image: str, site_images: Mapping[str, str], cached: Optional[Any], pe
 
 
 def prepare_job(config: Any, stdin_text: str) -> Decision:
-    from startd_health.probes import _inside as inside
-    from startd_health.probes.container import find_runtime, launch
-
-    from startd_health.core.runner import ProbeContext
+    from startd_health.core.runner import BudgetedContext
     from startd_health.core.state import StateDir
+    from startd_health.system import inside
+    from startd_health.system.container import Launch, find_runtime, launch
 
     job_ad = read_job_ad(stdin_text)
     image = job_image(job_ad)
@@ -103,15 +102,15 @@ def prepare_job(config: Any, stdin_text: str) -> Decision:
     site_images = {entry.partition("=")[2]: entry.partition("=")[0] for entry in settings.get("images", ())}
     cached = StateDir(config["STATE_DIR"]).load("container")
     deadline = time.monotonic() + config["HOOK_TIMEOUT"]
-    ctx = ProbeContext("container", settings, deadline, config.condor)
+    ctx = BudgetedContext("container", settings, deadline, config.condor)
 
     def launch_now():
-        from startd_health.probes.container import Launch
-        runtime, error = find_runtime(ctx)
+        condor_path = config.condor.get("SINGULARITY") if config.condor is not None else None
+        runtime, error = find_runtime(settings["runtime"], settings["module"], condor_path, ctx.run)
         if runtime is None:
             return Launch(image, image, False, 0.0, error=error), True
         script = inside.script(settings["binds"])
-        return launch(ctx, runtime, image, image, settings["flags"], ctx.remaining(), script), False
+        return launch(ctx.run, runtime, image, image, settings["flags"], ctx.remaining(), script), False
 
     return decide(image, site_images, cached, settings["period"], time.time(), launch_now)
 

@@ -25,11 +25,9 @@ prometheus_client is imported lazily by the callers' code paths only.
 from __future__ import annotations
 
 import math
-import platform
 import re
 from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
-from startd_health import __version__
 from startd_health.core.model import ProbeResult, Status
 from startd_health.core.verdict import Verdict
 
@@ -61,10 +59,11 @@ def _bool(value: bool) -> float:
 
 
 def families(results: Sequence[ProbeResult], verdict: Verdict) -> Iterator[Any]:
-    from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+    from prometheus_client.core import GaugeMetricFamily
 
-    yield InfoMetricFamily(f"{PREFIX}_build", "startd-health build information",
-                           value={"version": __version__, "python": platform.python_version()})
+    from startd_health.monitor.serving import build_info
+
+    yield build_info()
     yield GaugeMetricFamily(f"{PREFIX}_healthy", "1 when no probe failed: the node may take jobs",
                             value=_bool(verdict.ok))
 

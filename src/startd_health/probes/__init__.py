@@ -1,6 +1,7 @@
-"""One module per probe. A module declares a monitor.model.Probe subclass with
+"""One module per probe. A module declares a core.model.Probe subclass with
 a ``name``; the registry below finds it, so adding a probe means adding a
-module (and its tests) and nothing else."""
+module (and its tests) and nothing else. Modules whose name starts with
+``_`` are not probes (programs the probes run as children)."""
 
 from __future__ import annotations
 

@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 from startd_health.core.config import Knob, parse_bool, parse_list, parse_positive_seconds
-from startd_health.core.model import Measurement, Probe, ProbeResult, Status
+from startd_health.core.model import Measurement, Probe, ProbeContext, ProbeResult, Status
+from startd_health.system import procfs
 from startd_health.system.procs import last_line
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bench_worker.py")
@@ -128,7 +129,7 @@ def usable_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def worker(ctx, kind: str, args: Mapping[str, Any], seconds: float,
+def worker(ctx: ProbeContext, kind: str, args: Mapping[str, Any], seconds: float,
            threads: int = 1) -> Mapping[str, Any]:
     """Run one benchmark child with `seconds` of budget (it plans to end WORKER_SLACK earlier)."""
     seconds = min(seconds, ctx.remaining())
@@ -146,14 +147,10 @@ def worker(ctx, kind: str, args: Mapping[str, Any], seconds: float,
     return data if isinstance(data, dict) else {"error": "worker printed no result"}
 
 
-def gather(ctx) -> Gathered:
+def gather(ctx: ProbeContext) -> Gathered:
     s = ctx.settings
     fast = s["fast"]
-    try:
-        with open("/proc/cpuinfo", errors="replace") as handle:
-            model = cpu_model(handle.read())
-    except OSError:
-        model = ""
+    model = cpu_model(procfs.read_text(ctx.system_root, "proc/cpuinfo") or "")
     cpus = usable_cpus()
     draws = DB12_DRAWS // FAST_DB12_FRACTION if fast else DB12_DRAWS
     runs: Dict[Tuple[str, str], Mapping[str, Any]] = {}
@@ -314,5 +311,5 @@ class BenchmarksProbe(Probe):
              "the CPU caches", "MIB"),
     )
 
-    def run(self, ctx) -> ProbeResult:
+    def run(self, ctx: ProbeContext) -> ProbeResult:
         return judge(gather(ctx))

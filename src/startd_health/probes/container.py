@@ -5,35 +5,30 @@ Gather (touches the system, only through ctx.run): find the runtime, read its
 version, launch each configured image with the configured flags running
 `cat /proc/self/uid_map`. Judge (pure): turn those facts into a result.
 
-Each launch runs the inside script of probes/_inside.py (POSIX sh only:
+Each launch runs the inside script of system/inside.py (POSIX sh only:
 images are arbitrary): uid map, pid namespace, writable /tmp and home,
-expected bind mounts. An image passes only when it launches, the script runs
-to its end, and every inside check passes.
-
-The uid_map read inside the container tells the mode apart, as GlideinWMS
-does: the full identity map means no user namespace (setuid starter, or
-root); a one-line map of our own uid means an unprivileged user namespace;
-root inside mapped to our uid outside means fakeroot. Exit 0 with any other
-output counts as a failed launch.
+expected bind mounts, CVMFS repositories. An image passes only when it
+launches, the script runs to its end, and every inside check passes. Finding
+the runtime and judging a launch (the mode from the uid map) live in
+system/container.py, shared with the GPU probe and the pre-job hook.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
-from dataclasses import dataclass, replace
-from typing import Mapping, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Optional, Tuple
 
 from startd_health.core.config import Knob, format_args, parse_args, parse_bool, parse_list, parse_seconds, parse_string
-from startd_health.core.model import Measurement, Probe, ProbeResult, Status
-from startd_health.system.procs import CommandResult, last_line
+from startd_health.core.model import Measurement, Probe, ProbeContext, ProbeResult, Status
+from startd_health.system import container as runtimes
+from startd_health.system import inside
+from startd_health.system.container import Launch, Runtime
 
-from . import _inside as inside
-from . import cvmfs, launch_guard
+from . import launch_guard
 
-RUNTIME_NAMES = ("apptainer", "singularity")
 DEFAULT_FLAGS = "--ipc --pid --contain"   # the OSG/GlideinWMS set
 VERSION_TIMEOUT = 10.0
 _IMAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -66,25 +61,6 @@ def parse_images(text: str) -> Tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class Runtime:
-    path: str
-    source: str                            # how it was found, for the reason text
-    env: Optional[Mapping[str, str]] = None  # environment after a module load, if any
-
-
-@dataclass(frozen=True)
-class Launch:
-    image: str          # the name jobs match on
-    path: str
-    ok: bool
-    seconds: float
-    mode: str = ""      # privileged | unprivileged | fakeroot (when ok)
-    error: str = ""
-    pid_namespace: Optional[bool] = None   # inside in another pid namespace than ours
-    left_behind: Tuple[int, ...] = ()      # pids the launch left stuck (unkillable)
-
-
-@dataclass(frozen=True)
 class Gathered:
     runtime: Optional[Runtime]
     runtime_error: str = ""
@@ -96,112 +72,9 @@ class Gathered:
 
 # ---------------------------------------------------------------- gather
 
-def find_runtime(ctx) -> Tuple[Optional[Runtime], str]:
-    configured = ctx.settings["runtime"]
-    if configured:
-        path = configured if os.path.isabs(configured) else shutil.which(configured)
-        if path and os.access(path, os.X_OK):
-            return Runtime(path, "STARTD_HEALTH_CONTAINER_RUNTIME"), ""
-        return None, f"configured runtime {configured} is not an executable"
-    module_command = ctx.settings["module"]
-    if module_command:
-        return runtime_from_module(ctx, module_command)
+def find_runtime(ctx: ProbeContext) -> Tuple[Optional[Runtime], str]:
     condor_path = ctx.condor.get("SINGULARITY") if ctx.condor is not None else None
-    if condor_path:
-        # What the starter will run: test exactly that. A look-alike from PATH
-        # would keep a node "healthy" whose configured runtime is gone
-        # (measured in benchmarks/fault_experiment.py: 34 jobs landed there).
-        path = condor_path if os.path.isabs(condor_path) else shutil.which(condor_path)
-        if path and os.access(path, os.X_OK) and not os.path.isdir(path):
-            return Runtime(path, "HTCondor SINGULARITY"), ""
-        return None, f"HTCondor's SINGULARITY ({condor_path}) is not an executable"
-    for name in RUNTIME_NAMES:   # no HTCondor configuration: what a job would find
-        path = shutil.which(name)
-        if path:
-            return Runtime(path, "PATH"), ""
-    return None, "no apptainer or singularity in PATH (" + os.environ.get("PATH", "") + ")"
-
-
-def runtime_from_module(ctx, module_command: str) -> Tuple[Optional[Runtime], str]:
-    """Run e.g. `module load apptainer` in a login shell; take the runtime and environment it leaves."""
-    shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
-    script = (module_command + " >&2 || exit 97\n"
-              "p=$(command -v apptainer || command -v singularity) || exit 98\n"
-              "printf '%s\\n' \"$p\"; env -0\n")
-    result = ctx.run([shell, "-lc", script], timeout=VERSION_TIMEOUT)
-    if result.returncode == 98:
-        return None, f"no apptainer or singularity after {module_command!r}"
-    if not result.ok:
-        return None, f"{module_command!r} failed: {result.describe_failure()}"
-    path, _, env_text = result.stdout.partition("\n")
-    env = dict(item.split("=", 1) for item in env_text.split("\0") if "=" in item)
-    return Runtime(path.strip(), f"module command {module_command!r}", env), ""
-
-
-def parse_version(text: str) -> Tuple[str, str]:
-    """'apptainer version 1.4.5-1' -> ('apptainer', '1.4.5-1')."""
-    line = last_line(text)
-    match = re.match(r"^\s*([A-Za-z][\w.-]*)\s+version\s+(\S+)", line)
-    if match:
-        return match.group(1), match.group(2)
-    return "", line
-
-
-def classify_uid_map(text: str, uid: int) -> str:
-    """Mode from /proc/self/uid_map as seen inside the container; '' if not a uid_map."""
-    rows = []
-    for line in text.strip().splitlines():
-        fields = line.split()
-        if len(fields) != 3 or not all(f.isdigit() for f in fields):
-            return ""
-        rows.append(tuple(int(f) for f in fields))
-    if not rows:
-        return ""
-    inside, outside, count = rows[0]
-    if inside == 0 and outside == 0 and count == 4294967295:
-        return "privileged"            # no user namespace: setuid starter, or running as root
-    if inside == uid and outside == uid:
-        return "unprivileged"          # user namespace mapping our own uid
-    if inside == 0 and outside == uid:
-        return "fakeroot"
-    return "unprivileged"
-
-
-def own_pid_namespace() -> str:
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return ""
-
-
-def launch(ctx, runtime: Runtime, image: str, path: str, flags: Sequence[str], timeout: float,
-           inside_script: str, cvmfs_repos: Sequence[str] = ()) -> Launch:
-    result: CommandResult = ctx.run([runtime.path, "exec", *flags, path, "/bin/sh", "-c", inside_script],
-                                    timeout=timeout, env=runtime.env)
-    if not result.ok:
-        return Launch(image, path, False, result.duration_seconds, error=result.describe_failure(),
-                      left_behind=result.left_behind)
-    return replace(judge_launch(image, path, result.duration_seconds, inside.parse(result.stdout), os.getuid(),
-                                own_pid_namespace(), last_line(result.stdout), cvmfs_repos),
-                   left_behind=result.left_behind)
-
-
-def judge_launch(image: str, path: str, seconds: float, report: inside.InsideReport, uid: int, our_pidns: str,
-                 last: str = "", cvmfs_repos: Sequence[str] = ()) -> Launch:
-    if not report.finished:
-        return Launch(image, path, False, seconds, error=f"exit 0 but the inside script did not finish: {last!r}")
-    mode = classify_uid_map(report.uid_map, uid)
-    if not mode:
-        return Launch(image, path, False, seconds, error=f"unexpected uid_map inside: {report.uid_map!r}")
-    pidns = bool(report.pidns and our_pidns and report.pidns != our_pidns) if report.pidns else None
-    failures = list(report.failures)
-    if cvmfs_repos:
-        seen = cvmfs.parse_inside("\n".join(report.other), cvmfs_repos)
-        failures += [f"cvmfs {repo}: {seen[repo].reason}" for repo in cvmfs_repos if not seen[repo].ok]
-    if failures:
-        return Launch(image, path, False, seconds, mode=mode, pid_namespace=pidns,
-                      error="inside: " + "; ".join(failures))
-    return Launch(image, path, True, seconds, mode=mode, pid_namespace=pidns)
+    return runtimes.find_runtime(ctx.settings["runtime"], ctx.settings["module"], condor_path, ctx.run)
 
 
 CONDOR_IMAGE_NAME = "condor_default"
@@ -220,7 +93,7 @@ def condor_default_image(expr: Optional[str]) -> str:
     return value if isinstance(value, str) and value.startswith("/") else ""
 
 
-def images_to_test(ctx) -> Tuple[Tuple[str, str], ...]:
+def images_to_test(ctx: ProbeContext) -> Tuple[Tuple[str, str], ...]:
     images = [tuple(entry.split("=", 1)) for entry in ctx.settings["images"]]
     if ctx.settings.get("condor_image", True) and ctx.condor is not None:
         path = condor_default_image(ctx.condor.get("SINGULARITY_IMAGE_EXPR"))
@@ -229,20 +102,19 @@ def images_to_test(ctx) -> Tuple[Tuple[str, str], ...]:
     return tuple(images)  # type: ignore[return-value]
 
 
-def gather(ctx) -> Gathered:
-    runtime, error = find_runtime(ctx)
-    if runtime is None:
+def gather(ctx: ProbeContext) -> Gathered:
+    found, error = find_runtime(ctx)
+    if found is None:
         return Gathered(None, runtime_error=error)
-    version = ctx.run([runtime.path, "--version"], timeout=VERSION_TIMEOUT, env=runtime.env)
+    version = ctx.run([found.path, "--version"], timeout=VERSION_TIMEOUT, env=found.env)
     if not version.ok:
-        return Gathered(runtime, version_error=version.describe_failure())
+        return Gathered(found, version_error=version.describe_failure())
     if not version.stdout.strip():
-        return Gathered(runtime, version_error="exit 0 but printed no version")
-    name, number = parse_version(version.stdout)
+        return Gathered(found, version_error="exit 0 but printed no version")
+    name, number = runtimes.parse_version(version.stdout)
     launches = []
     repos = tuple(ctx.settings.get("cvmfs_repositories") or ()) if ctx.settings.get("cvmfs", True) else ()
-    sections = [cvmfs.inside_script(ctx.settings["cvmfs_root"], repos)] if repos else []
-    script = inside.script(ctx.settings["binds"], sections)
+    script = inside.script(ctx.settings["binds"], ctx.settings.get("cvmfs_root") or "/cvmfs", repos)
     for image, path in images_to_test(ctx):
         # Not into a known trap: each try would leave one more stuck process.
         refused = launch_guard.refused(ctx, image, launch_guard.touched_repositories(ctx.settings, path))
@@ -250,10 +122,10 @@ def gather(ctx) -> Gathered:
             launches.append(Launch(image, path, False, 0.0, error=refused))
             continue
         started = time.time()
-        launches.append(launch(ctx, runtime, image, path, ctx.settings["flags"], ctx.settings["launch_timeout"],
-                               script, repos))
+        launches.append(runtimes.launch(ctx.run, found, image, path, ctx.settings["flags"],
+                                        ctx.settings["launch_timeout"], script, repos))
         launch_guard.remember(ctx, image, launches[-1].left_behind, started)
-    return Gathered(runtime, name=name or os.path.basename(runtime.path), version=number, launches=tuple(launches))
+    return Gathered(found, name=name or os.path.basename(found.path), version=number, launches=tuple(launches))
 
 
 # ---------------------------------------------------------------- judge
@@ -323,11 +195,8 @@ def resolved_runtime(config) -> Tuple[str, str]:
     module_command = config["CONTAINER_MODULE"]
     if module_command:
         return "", f"what {module_command!r} (STARTD_HEALTH_CONTAINER_MODULE) puts in PATH"
-
-    class Lookup:   # find_runtime reads only these without a module command
-        settings = {"runtime": "", "module": ""}
-        condor = config.condor
-    runtime, error = find_runtime(Lookup)
+    condor_path = config.condor.get("SINGULARITY") if config.condor is not None else None
+    runtime, error = runtimes.find_runtime("", "", condor_path)
     return (runtime.path, f"found via {runtime.source}") if runtime else ("", f"none: {error}")
 
 
@@ -368,7 +237,7 @@ class ContainerProbe(Probe):
              "BOOL"),
     )
 
-    def run(self, ctx) -> ProbeResult:
+    def run(self, ctx: ProbeContext) -> ProbeResult:
         level = ctx.settings["requirement"]
         if level == "NEVER":
             return skipped_by_policy()

@@ -20,12 +20,13 @@ error (user.timestamp_last_ioerr) within the quarantine window, stays
 unusable until the window has passed: a flapping repository would otherwise
 attract jobs that then fail.
 
-Gather (touches the system, only through ctx.run and the scratch
-directory): the children's findings, the mount table. Judge (pure): those
-facts, the remembered failures and the time -> a result.
+Gather (touches the system, only through ctx.run, the scratch directory
+and the mount table under ctx.system_root): the children's findings, the mount
+table. Judge (pure): those facts, the remembered failures and the time -> a
+result.
 
-inside_script/parse_inside are the same check for inside a container image,
-where only /bin/sh and coreutils can be assumed.
+The same check for inside a container image, where only /bin/sh and ls can
+be assumed, is the cvmfs section of system/inside.py.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import json
 import logging
 import os
 import re
-import shlex
 import sys
 import threading
 import time
@@ -42,17 +42,16 @@ from dataclasses import dataclass, field, replace
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from startd_health.core.config import Knob, parse_list, parse_positive_seconds, parse_seconds
-from startd_health.core.model import Measurement, Probe, ProbeResult, Status
-from startd_health.system import stuck
+from startd_health.core.model import Measurement, Probe, ProbeContext, ProbeResult, Status
+from startd_health.system import procfs, stuck
+from startd_health.system.procfs import Mount
 from startd_health.system.procs import KILL_GRACE_SECONDS, REAP_WAIT_SECONDS, CommandResult
-from startd_health.core.state import write_atomic
 
 log = logging.getLogger(__name__)
 
-# Read to learn what is mounted where, never by stat()ing mount points (a
-# hung one would block us). A module constant so that tests can point it at
-# a recorded file.
-MOUNTS_FILE = "/proc/self/mounts"
+# Read (under ctx.system_root) to learn what is mounted where, never by stat()ing
+# mount points: a hung one would block us.
+MOUNTS_FILE = "proc/self/mounts"
 DEFAULT_ROOT = "/cvmfs"
 DEFAULT_QUARANTINE_SECONDS = 4 * 3600.0    # the OSPool pilot's window
 QUARANTINE_FILE = "quarantine.json"
@@ -121,15 +120,8 @@ def parse_root(text: str) -> str:
 
 # ---------------------------------------------------------------- facts
 
-@dataclass(frozen=True)
-class Mount:
-    source: str    # e.g. cvmfs2
-    point: str
-    fstype: str    # e.g. fuse
-
-    @property
-    def is_cvmfs(self) -> bool:
-        return self.fstype == "fuse.cvmfs2" or (self.fstype.startswith("fuse") and self.source.startswith("cvmfs2"))
+def is_cvmfs(mount: Mount) -> bool:
+    return mount.fstype == "fuse.cvmfs2" or (mount.fstype.startswith("fuse") and mount.source.startswith("cvmfs2"))
 
 
 @dataclass(frozen=True)
@@ -169,30 +161,6 @@ class Failure:
 
 # ---------------------------------------------------------------- gather
 
-def unescape_mount_field(text: str) -> str:
-    """The kernel writes blanks and backslashes in mount fields as \\NNN octal."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
-
-
-def parse_mounts(text: str) -> Dict[str, Mount]:
-    """Mount point -> mount; of mounts stacked on one point, the last (visible) one."""
-    mounts: Dict[str, Mount] = {}
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) >= 3:
-            source, point, fstype = (unescape_mount_field(f) for f in fields[:3])
-            mounts[point] = Mount(source, point, fstype)
-    return mounts
-
-
-def read_mounts(path: str) -> Tuple[Optional[Dict[str, Mount]], str]:
-    try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as handle:
-            return parse_mounts(handle.read()), ""
-    except OSError as exc:
-        return None, f"cannot read {path}: {exc.strerror}"
-
-
 def remember_hung(scratch: Optional[str], repo: str, pids: Sequence[int], since: float) -> None:
     stuck.remember(scratch, HUNG_RECORD.format(repo=repo), pids, since)
 
@@ -217,14 +185,14 @@ def load_failures(scratch: Optional[str]) -> Dict[str, Failure]:
         return {}
 
 
-def save_failures(scratch: Optional[str], failures: Mapping[str, Failure]) -> None:
-    if scratch is None:
+def save_failures(ctx: ProbeContext, failures: Mapping[str, Failure]) -> None:
+    if ctx.scratch_dir() is None:   # no state directory: nothing outlives the run
         return
     data = json.dumps({repo: {"at": f.at, "reason": f.reason} for repo, f in sorted(failures.items())})
     try:
-        write_atomic(os.path.join(scratch, QUARANTINE_FILE), data.encode())
+        ctx.write_scratch(QUARANTINE_FILE, data.encode())
     except OSError as exc:
-        log.warning("cannot keep the quarantine state in %s: %s", scratch, exc)
+        log.warning("cannot keep the quarantine state: %s", exc)
 
 
 def parse_child_output(stdout: str) -> Optional[Dict[str, object]]:
@@ -245,7 +213,7 @@ def repo_budget(timeout: float, remaining: float) -> float:
     return reserved if reserved >= MIN_REPO_BUDGET else min(timeout, remaining)
 
 
-def check_repo(ctx, repo: str, path: str, timeout: float, scratch: Optional[str]) -> RepoCheck:
+def check_repo(ctx: ProbeContext, repo: str, path: str, timeout: float) -> RepoCheck:
     """List the repository and read its attributes, in a child we can abandon."""
     budget = repo_budget(timeout, ctx.remaining())
     started = time.time()
@@ -256,7 +224,7 @@ def check_repo(ctx, repo: str, path: str, timeout: float, scratch: Optional[str]
     if result.error:   # no time left in the probe's budget (timed_out), or could not start
         return RepoCheck(repo, path, check_error=result.error if result.timed_out else result.describe_failure())
     if result.left_behind:
-        remember_hung(scratch, repo, result.left_behind, started)
+        remember_hung(ctx.scratch_dir(), repo, result.left_behind, started)
     if result.timed_out:
         return RepoCheck(repo, path, timed_out_after=budget, timed_out_listing="listed" not in result.stdout,
                          abandoned_pid=result.left_behind[0] if result.left_behind else 0)
@@ -275,7 +243,8 @@ def check_repo(ctx, repo: str, path: str, timeout: float, scratch: Optional[str]
     )
 
 
-def check_all(ctx, repos: Sequence[str], root: str, timeout: float, scratch: Optional[str]) -> List[RepoCheck]:
+def check_all(ctx: ProbeContext, repos: Sequence[str], root: str, timeout: float,
+              scratch: Optional[str]) -> List[RepoCheck]:
     """Check the repositories in parallel, except those still hung from an earlier run."""
     checks: Dict[str, RepoCheck] = {}
     threads = []
@@ -287,7 +256,7 @@ def check_all(ctx, repos: Sequence[str], root: str, timeout: float, scratch: Opt
             continue
 
         def work(repo: str = repo, path: str = path) -> None:
-            checks[repo] = check_repo(ctx, repo, path, timeout, scratch)
+            checks[repo] = check_repo(ctx, repo, path, timeout)
 
         thread = threading.Thread(target=work, name=f"cvmfs-{repo}", daemon=True)
         thread.start()
@@ -301,19 +270,19 @@ def check_all(ctx, repos: Sequence[str], root: str, timeout: float, scratch: Opt
             for repo in repos]
 
 
-def with_mounts(checks: Sequence[RepoCheck], mounts_file: str) -> List[RepoCheck]:
-    """Attach what the mount table says about each repository, read after
-    the accesses (which are what makes autofs mount a repository)."""
-    mounts, error = read_mounts(mounts_file)
+def with_mounts(checks: Sequence[RepoCheck], root: str) -> List[RepoCheck]:
+    """Attach what the mount table (under root) says about each repository,
+    read after the accesses (which are what makes autofs mount a repository)."""
+    mounts, error = procfs.read_mounts(root, MOUNTS_FILE)
     if mounts is None:
         return [replace(c, mounts_error=error) for c in checks]
     return [replace(c, mount=mounts.get(c.realpath or os.path.normpath(c.path))) for c in checks]
 
 
-def gather(ctx, scratch: Optional[str]) -> List[RepoCheck]:
+def gather(ctx: ProbeContext, scratch: Optional[str]) -> List[RepoCheck]:
     checks = check_all(ctx, ctx.settings["repositories"], ctx.settings["root"], ctx.settings["repo_timeout"],
                        scratch)
-    return with_mounts(checks, MOUNTS_FILE)
+    return with_mounts(checks, ctx.system_root)
 
 
 # ---------------------------------------------------------------- judge
@@ -343,7 +312,7 @@ def failure_reason(c: RepoCheck) -> str:
         return f"ls failed: {c.error}"
     if mount_known and c.mount is None:
         return f"not mounted ({c.realpath or c.path} is a plain directory)"
-    if mount_known and c.mount is not None and not c.mount.is_cvmfs and c.xattrs.get("fqrn") != c.repo:
+    if mount_known and c.mount is not None and not is_cvmfs(c.mount) and c.xattrs.get("fqrn") != c.repo:
         return f"not CVMFS: {c.mount.fstype} mount of {c.mount.source}"
     return ""
 
@@ -446,7 +415,7 @@ class CvmfsProbe(Probe):
              default_text="14400 (4 h, as the OSPool pilot)"),
     )
 
-    def run(self, ctx) -> ProbeResult:
+    def run(self, ctx: ProbeContext) -> ProbeResult:
         if not ctx.settings["repositories"]:
             return ProbeResult(self.name, Status.SKIPPED,
                                "no repository configured (STARTD_HEALTH_CVMFS_REPOSITORIES)")
@@ -455,79 +424,5 @@ class CvmfsProbe(Probe):
         checks = gather(ctx, scratch)
         now = time.time()
         window = ctx.settings["quarantine"]
-        save_failures(scratch, updated_failures(checks, failures, now, window))
+        save_failures(ctx, updated_failures(checks, failures, now, window))
         return judge(checks, failures, now, window)
-
-
-# ---------------------------------------------------------------- inside a container
-
-@dataclass(frozen=True)
-class InsideCheck:
-    """One repository as seen from inside a container."""
-
-    repo: str
-    ok: bool
-    revision: Optional[int] = None
-    reason: str = ""
-
-
-# Each repository is checked in its own background subshell, so that one
-# hung repository does not keep the others from answering before the
-# caller's timeout; each answer is one short printf, a single write that
-# does not interleave with the others'. Only sh built-ins and ls are
-# needed (getfattr or attr when the image has them); an error message is
-# cut to its first line with a parameter expansion, not with tr or head.
-_INSIDE_FUNCTION = r"""cvmfs_nl='
-'
-cvmfs_check() {
-  d="$1/$2"
-  if err=$(ls "$d/." 2>&1 >/dev/null); then
-    rev=
-    if command -v getfattr >/dev/null 2>&1; then
-      rev=$(getfattr --only-values --absolute-names -n user.revision "$d" 2>/dev/null)
-    elif command -v attr >/dev/null 2>&1; then
-      rev=$(attr -q -g revision "$d" 2>/dev/null)
-    fi
-    case $rev in *[!0-9]*) rev= ;; esac
-    printf 'cvmfs %s ok %s\n' "$2" "$rev"
-  else
-    rc=$?
-    err=${err%%"$cvmfs_nl"*}
-    printf 'cvmfs %s fail %s\n' "$2" "${err:-ls exit $rc}"
-  fi
-}
-"""
-
-
-def inside_script(root: str, repos: Sequence[str]) -> str:
-    """A POSIX sh snippet (needs only sh and ls; getfattr or attr if
-    present) printing one line per repository: `cvmfs <repo> ok <revision>`
-    (revision empty when no attribute tool is there) or
-    `cvmfs <repo> fail <reason>`. The caller must run it under a timeout."""
-    lines = [_INSIDE_FUNCTION, f"cvmfs_root={shlex.quote(root)}"]
-    for repo in repos:
-        if not _REPO_NAME.match(repo):
-            raise ValueError(f"{repo!r} is not a repository name")
-        lines.append(f'cvmfs_check "$cvmfs_root" {shlex.quote(repo)} &')
-    lines.append("wait")
-    return "\n".join(lines) + "\n"
-
-
-def parse_inside(output: str, repos: Sequence[str] = ()) -> Dict[str, InsideCheck]:
-    """The script's answers by repository. Repositories given in ``repos``
-    that did not answer (the caller's timeout ended the script: a hung
-    mount) are failed with that reason. Other lines are ignored."""
-    found: Dict[str, InsideCheck] = {}
-    for line in output.splitlines():
-        parts = line.rstrip("\r").split(" ", 3)
-        if len(parts) < 3 or parts[0] != "cvmfs":
-            continue
-        repo, verdict, rest = parts[1], parts[2], parts[3].strip() if len(parts) > 3 else ""
-        if verdict == "ok":
-            found[repo] = InsideCheck(repo, True, int(rest) if rest.isdigit() else None)
-        elif verdict == "fail":
-            found[repo] = InsideCheck(repo, False, reason=rest[:MAX_XATTR_CHARS] or "failed")
-    for repo in repos:
-        if repo not in found:
-            found[repo] = InsideCheck(repo, False, reason="no answer (hung mount or timed out)")
-    return found

@@ -1,7 +1,7 @@
 """GPU probe: are the node's NVIDIA GPUs there, does the driver answer, and
 does HTCondor see as many as there are?
 
-Gather (files under ``root``, a prefix the tests point at recorded trees;
+Gather (files under ``ctx.system_root``, which the tests point at recorded trees;
 commands only through ctx.run):
 
 - hardware evidence that needs no driver: NVIDIA display-class functions on
@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 from startd_health.core.config import Knob, parse_string
-from startd_health.core.model import Measurement, Probe, ProbeResult, Status
+from startd_health.core.model import Measurement, Probe, ProbeContext, ProbeResult, Status
 
 QUERY_FIELDS = "index,name,uuid,driver_version,memory.total"
 QUERY_ARGS = (f"--query-gpu={QUERY_FIELDS}", "--format=csv,noheader,nounits")
@@ -210,7 +210,7 @@ def find_nvidia_smi(configured: str) -> Tuple[str, str]:
     return shutil.which("nvidia-smi", path=search) or "", ""
 
 
-def condor_view(ctx) -> Tuple[int, str, str]:
+def condor_view(ctx: ProbeContext) -> Tuple[int, str, str]:
     """(GPUs HTCondor detects or -1, where that came from, why discovery failed)."""
     stated = ctx.settings.get("condor_count", -1)
     if stated is not None and stated >= 0:
@@ -247,7 +247,8 @@ def condor_view(ctx) -> Tuple[int, str, str]:
     return count, source, ""
 
 
-def gather(ctx, root: str = "/") -> Gathered:
+def gather(ctx: ProbeContext) -> Gathered:
+    root = ctx.system_root
     device_nodes = len(glob.glob(os.path.join(root, DEV_NVIDIA)))
     render_nodes = len(glob.glob(os.path.join(root, DEV_RENDER)))
     pci = count_pci_gpus(os.path.join(root, SYS_PCI_DEVICES))
@@ -279,22 +280,20 @@ def gather(ctx, root: str = "/") -> Gathered:
 NV_TIMEOUT = 30.0
 
 
-def nv_launch(ctx) -> dict:
+def nv_launch(ctx: ProbeContext) -> dict:
     """HTCondor adds --nv for GPU jobs but never tests it: launch the site's
     image with --nv and count the GPUs nvidia-smi sees inside."""
     images = ctx.settings.get("container_images") or ()
     image = ctx.settings.get("nv_image") or (images[0].partition("=")[2] if images else "")
     if not image:
         return {}
-    from .container import find_runtime
+    from startd_health.system.container import exec_argv, find_runtime
 
-    class RuntimeSettings:   # find_runtime reads the container probe's knobs
-        settings = {"runtime": ctx.settings.get("container_runtime", ""), "module": ""}
-        condor = ctx.condor
-    runtime, error = find_runtime(RuntimeSettings)
+    condor_path = ctx.condor.get("SINGULARITY") if ctx.condor is not None else None
+    runtime, error = find_runtime(ctx.settings.get("container_runtime", ""), "", condor_path, ctx.run)
     if runtime is None:
         return {"nv_image": image, "nv_error": error}
-    result = ctx.run([runtime.path, "exec", "--nv", image, "nvidia-smi", "-L"], timeout=NV_TIMEOUT)
+    result = ctx.run(exec_argv(runtime, ["--nv"], image, "nvidia-smi", "-L"), timeout=NV_TIMEOUT)
     if not result.ok:
         return {"nv_image": image, "nv_error": result.describe_failure()}
     return {"nv_image": image, "nv_count": len(parse_nvidia_smi_L(result.stdout))}
@@ -424,5 +423,5 @@ class GpuProbe(Probe):
              "when a GPU is present", "N", default_text="-1 (work it out)"),
     )
 
-    def run(self, ctx) -> ProbeResult:
+    def run(self, ctx: ProbeContext) -> ProbeResult:
         return judge(gather(ctx))

@@ -9,7 +9,7 @@ measures, for real, what a job could do here, and what would catch it.
 
 Gather (touches the system; every test process is started through ctx.run):
 
-- the fork test: one supervisor child (``python -I -S -c``) forks a "job"
+- the fork test: one supervisor child (probes/_fork_test.py) forks a "job"
   that calls setsid() as the starter does, then from it a grandchild that
   calls setsid() again (its own session) and a double-forked grandchild that
   gets re-parented. The supervisor kills the job's process group with
@@ -19,7 +19,7 @@ Gather (touches the system; every test process is started through ctx.run):
   token in its command line); they also exit by themselves as soon as the
   supervisor is gone (EOF on a lifeline pipe), so an abandoned test can
   never leave them behind;
-- cgroups from /proc/self/cgroup and /proc/self/mountinfo: the version
+- cgroups from /proc/self/cgroup and /proc/self/mountinfo (under ctx.system_root): the version
   (``v1``, ``v2``, ``hybrid`` = v1 controllers plus a cgroup2 hierarchy,
   which HTCondor treats as v1, ``none``), our cgroup in the hierarchy HTCondor
   tracks jobs with (v2: the unified one; v1: the memory controller's),
@@ -50,7 +50,6 @@ import json
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import time
 import uuid
@@ -58,176 +57,21 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from startd_health.core.config import parse_bool
-from startd_health.core.model import Probe, ProbeResult, Status
+from startd_health.core.model import Probe, ProbeContext, ProbeResult, Status
+from startd_health.system import procfs
+from startd_health.system.procfs import MountInfo
+from startd_health.system.programs import python_argv
 from startd_health.system.procs import last_line
 
-PROC_SELF_CGROUP = "/proc/self/cgroup"
-PROC_SELF_MOUNTINFO = "/proc/self/mountinfo"
-PROC_SELF_NS_PID = "/proc/self/ns/pid"
+# Read under ctx.system_root: "/" on a node, a recorded tree in tests.
+PROC_SELF_CGROUP = "proc/self/cgroup"
+PROC_SELF_MOUNTINFO = "proc/self/mountinfo"
+PROC_SELF_NS_PID = "proc/self/ns/pid"
+FORK_TEST = "_fork_test.py"      # in this package; run by path
 TRACKING_CONTROLLER = "memory"   # the v1 hierarchy whose path we report (HTCondor's v1 code uses memory, cpu, freezer...)
 FORK_TEST_TIMEOUT = 15.0
 SETUP_SECONDS = 5.0               # for the test processes to report in
 UNSHARE_TIMEOUT = 10.0
-
-# The supervisor of the fork test, run as `python -I -S -c _FORK_TEST token pidfile setup_seconds`.
-# It prints one JSON line. Its forks never return into the main flow (os._exit).
-_FORK_TEST = r'''
-import json, os, select, signal, sys, time
-
-token, pidfile, setup_seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
-report_r, report_w = os.pipe()
-life_r, life_w = os.pipe()   # the supervisor holds the only write end: EOF when it is gone
-
-
-def note(pid):
-    fd = os.open(pidfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, b"%d\n" % pid)
-    finally:
-        os.close(fd)
-
-
-def say(**msg):
-    os.write(report_w, (json.dumps(msg) + "\n").encode())
-
-
-def linger():
-    os.close(report_w)
-    select.select([life_r], [], [], 60)
-    os._exit(0)
-
-
-def forked(body):
-    pid = os.fork()
-    if pid:
-        return pid
-    code = 0
-    try:
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):   # never hold the supervisor's pipes
-            os.dup2(null, fd)
-        body()
-    except BaseException:
-        code = 1
-    os._exit(code)
-
-
-def try_setsid():
-    """setsid(); the error text, or '' when it worked."""
-    try:
-        os.setsid()
-        return ""
-    except OSError as exc:
-        return exc.strerror or str(exc)
-
-
-def escaper():
-    note(os.getpid())
-    say(kind="session", pid=os.getpid(), error=try_setsid())
-    linger()
-
-
-def double_parent():
-    me = os.getpid()
-
-    def grandchild():
-        note(os.getpid())
-        end = time.monotonic() + 2
-        while os.getppid() == me and time.monotonic() < end:
-            time.sleep(0.002)
-        say(kind="double", pid=os.getpid(), reparented=os.getppid() != me)
-        linger()
-
-    forked(grandchild)
-
-
-def job():
-    os.close(report_r)
-    os.close(life_w)
-    note(os.getpid())
-    error = try_setsid()
-    if error:   # still a group of its own, as the starter would make it
-        os.setpgid(0, 0)
-    say(kind="job", pid=os.getpid(), error=error)
-    forked(escaper)
-    os.waitpid(forked(double_parent), 0)
-    say(kind="ready", pgid=os.getpgid(0))
-    linger()
-
-
-def alive(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as handle:
-            state = handle.read().rsplit(")", 1)[1].split()[0]
-        with open("/proc/%d/cmdline" % pid, "rb") as handle:
-            mine = token.encode() in handle.read()
-    except (OSError, IndexError):
-        return False
-    return mine and state not in ("Z", "X")
-
-
-def noted():
-    try:
-        with open(pidfile) as handle:
-            return [int(p) for p in handle.read().split()]
-    except (OSError, ValueError):
-        return []
-
-
-def main():
-    job_pid = forked(job)
-    os.close(report_w)
-    os.close(life_r)
-    msgs, buf = {}, b""
-    end = time.monotonic() + setup_seconds
-    while not all(k in msgs for k in ("job", "session", "double", "ready")):
-        left = end - time.monotonic()
-        if left <= 0 or not select.select([report_r], [], [], left)[0]:
-            break
-        chunk = os.read(report_r, 4096)
-        if not chunk:
-            break
-        buf += chunk
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            msg = json.loads(line)
-            msgs[msg["kind"]] = msg
-    out = {"reported": sorted(msgs)}
-    try:
-        os.killpg(job_pid, signal.SIGKILL)   # what the starter does to a job's process group
-    except OSError as exc:
-        out["kill_error"] = "killpg: " + (exc.strerror or str(exc))
-        os.kill(job_pid, signal.SIGKILL)
-    os.waitpid(job_pid, 0)
-    session = msgs.get("session", {}).get("pid")
-    double = msgs.get("double", {}).get("pid")
-    end = time.monotonic() + 1.0
-    while double and alive(double) and time.monotonic() < end:
-        time.sleep(0.005)
-    time.sleep(0.05)   # a member of the killed group would be gone by now
-    out["setsid_error"] = msgs.get("job", {}).get("error", "did not report")
-    out["session_setsid_error"] = msgs.get("session", {}).get("error", "did not report")
-    out["session_escape"] = bool(session and alive(session))
-    out["double_fork_escape"] = bool(double and alive(double))
-    out["double_fork_reparented"] = bool(msgs.get("double", {}).get("reparented"))
-    pids = noted()
-    for pid in pids:   # clean up by pid: escaped test processes die here
-        if alive(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-    end = time.monotonic() + 2.0
-    while any(alive(p) for p in pids) and time.monotonic() < end:
-        time.sleep(0.01)
-    out["pids"] = pids
-    out["leftover"] = [p for p in pids if alive(p)]
-    print(json.dumps(out), flush=True)
-
-
-main()
-'''
-
 
 @dataclass(frozen=True)
 class ForkTest:
@@ -265,34 +109,9 @@ class Gathered:
 
 # ---------------------------------------------------------------- cgroups (pure parsing)
 
-def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as octal."""
-    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
-        field = field.replace(code, char)
-    return field
-
-
-def parse_mountinfo(text: str) -> List[Dict[str, Any]]:
-    """cgroup and cgroup2 mounts: mountpoint, root, fstype, read_only, super options."""
-    mounts = []
-    for line in text.splitlines():
-        fields = line.split()
-        if "-" not in fields:
-            continue
-        sep = fields.index("-")
-        if sep < 6 or len(fields) < sep + 3:
-            continue
-        fstype = fields[sep + 1]
-        if fstype not in ("cgroup", "cgroup2"):
-            continue
-        mounts.append({
-            "root": _unescape(fields[3]),
-            "mountpoint": _unescape(fields[4]),
-            "read_only": "ro" in fields[5].split(","),
-            "fstype": fstype,
-            "options": fields[sep + 3].split(",") if len(fields) > sep + 3 else [],
-        })
-    return mounts
+def parse_mountinfo(text: str) -> List[MountInfo]:
+    """The cgroup and cgroup2 mounts of a mountinfo text."""
+    return [m for m in procfs.parse_mountinfo(text) if m.fstype in ("cgroup", "cgroup2")]
 
 
 def parse_cgroups(proc_cgroup: str, mountinfo: str) -> Cgroups:
@@ -311,9 +130,8 @@ def parse_cgroups(proc_cgroup: str, mountinfo: str) -> Cgroups:
                 if controller:
                     v1_paths[controller] = path
     mounts = parse_mountinfo(mountinfo)
-    v1_mounts = [m for m in mounts if m["fstype"] == "cgroup"]
-    v2_mounts = sorted((m for m in mounts if m["fstype"] == "cgroup2"),
-                       key=lambda m: m["mountpoint"] != "/sys/fs/cgroup")
+    v1_mounts = [m for m in mounts if m.fstype == "cgroup"]
+    v2_mounts = sorted((m for m in mounts if m.fstype == "cgroup2"), key=lambda m: m.mountpoint != "/sys/fs/cgroup")
     if v1_mounts and v2_mounts:
         version = "hybrid"
     elif v1_mounts:
@@ -327,62 +145,42 @@ def parse_cgroups(proc_cgroup: str, mountinfo: str) -> Cgroups:
     else:   # the memory controller's hierarchy if mounted, else the first mounted one we are in
         path, mount = "", v1_mounts[0]
         for controller in [TRACKING_CONTROLLER] + sorted(v1_paths):
-            found = next((m for m in v1_mounts if controller in m["options"]), None)
+            found = next((m for m in v1_mounts if controller in m.super_options), None)
             if controller in v1_paths and found is not None:
                 path, mount = v1_paths[controller], found
                 break
     if not path:
         return Cgroups(version)
     relative = path
-    root = mount["root"].rstrip("/")
+    root = mount.root.rstrip("/")
     if root and (path == root or path.startswith(root + "/")):
         relative = path[len(root):] or "/"
-    directory = os.path.join(mount["mountpoint"], relative.lstrip("/")) if relative.strip("/") else mount["mountpoint"]
-    return Cgroups(version, path, directory, not mount["read_only"])
+    directory = os.path.join(mount.mountpoint, relative.lstrip("/")) if relative.strip("/") else mount.mountpoint
+    return Cgroups(version, path, directory, not mount.read_only)
 
 
 # ---------------------------------------------------------------- gather
 
-def _read(path: str) -> str:
-    try:
-        with open(path) as handle:
-            return handle.read()
-    except OSError:
-        return ""
-
-
-def _alive_with_token(pid: int, token: str) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            state = handle.read().rsplit(")", 1)[1].split()[0]
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            mine = token.encode() in handle.read()
-    except (OSError, IndexError):
-        return False
-    return mine and state not in ("Z", "X")
-
-
 def kill_test_processes(pids: Sequence[int], token: str, wait: float = 2.0) -> Tuple[int, ...]:
     """SIGKILL every listed pid that is still one of this run's test processes; the ones left alive."""
     for pid in pids:
-        if _alive_with_token(pid, token):
+        if procfs.cmdline_contains(pid, token):
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
     end = time.monotonic() + wait
-    while time.monotonic() < end and any(_alive_with_token(p, token) for p in pids):
+    while time.monotonic() < end and any(procfs.cmdline_contains(p, token) for p in pids):
         time.sleep(0.01)
-    return tuple(p for p in pids if _alive_with_token(p, token))
+    return tuple(p for p in pids if procfs.cmdline_contains(p, token))
 
 
-def fork_test(ctx) -> ForkTest:
+def fork_test(ctx: ProbeContext) -> ForkTest:
     token = "startd-health-sessions-" + uuid.uuid4().hex
     workdir = tempfile.mkdtemp(prefix="sessions-", dir=ctx.scratch_dir())
     pidfile = os.path.join(workdir, "pids")
-    python = sys.executable or "python3"
     try:
-        result = ctx.run([python, "-I", "-S", "-c", _FORK_TEST, token, pidfile, str(SETUP_SECONDS)],
+        result = ctx.run(python_argv(__package__, FORK_TEST, token, pidfile, str(SETUP_SECONDS)),
                          timeout=FORK_TEST_TIMEOUT)
         pids: Tuple[int, ...] = ()
         try:
@@ -411,18 +209,18 @@ def fork_test(ctx) -> ForkTest:
             double_fork_reparented=bool(out["double_fork_reparented"]),
             pids=pids,
             leftover=tuple(sorted(set(leftover) | {int(p) for p in out.get("leftover", ())
-                                                   if _alive_with_token(int(p), token)})),
+                                                   if procfs.cmdline_contains(int(p), token)})),
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def pid_namespace_check(ctx) -> Tuple[bool, str, str]:
+def pid_namespace_check(ctx: ProbeContext) -> Tuple[bool, str, str]:
     """(works, how it was checked, why not)."""
     unshare = shutil.which("unshare") or next(
         (p for p in ("/usr/bin/unshare", "/bin/unshare") if os.access(p, os.X_OK)), None)
     if unshare is None:
-        supported = os.path.exists(PROC_SELF_NS_PID)
+        supported = os.path.lexists(procfs.path(ctx.system_root, PROC_SELF_NS_PID))
         return supported, "kernel support only (no unshare)", "" if supported else "no /proc/self/ns/pid"
     if os.geteuid() == 0:
         argv, how = [unshare, "--pid", "--fork", "true"], "unshare --pid as root"
@@ -452,11 +250,12 @@ def condor_settings(condor) -> Tuple[bool, bool]:
     return not (base or "").strip(), groups
 
 
-def gather(ctx) -> Gathered:
+def gather(ctx: ProbeContext) -> Gathered:
     fork = fork_test(ctx)
-    cgroups = parse_cgroups(_read(PROC_SELF_CGROUP), _read(PROC_SELF_MOUNTINFO))
+    cgroups = parse_cgroups(procfs.read_text(ctx.system_root, PROC_SELF_CGROUP) or "",
+                            procfs.read_text(ctx.system_root, PROC_SELF_MOUNTINFO) or "")
     kill = cgroups.version == "v2" and bool(cgroups.directory) and os.path.exists(
-        os.path.join(cgroups.directory, "cgroup.kill"))
+        procfs.path(ctx.system_root, os.path.join(cgroups.directory, "cgroup.kill")))
     base_disabled, use_groups = condor_settings(ctx.condor)
     pidns, how, why = pid_namespace_check(ctx)
     return Gathered(fork, cgroups, kill, base_disabled, use_groups, pidns, how, why, in_own_session())
@@ -538,5 +337,5 @@ class SessionsProbe(Probe):
     default_period = 900.0
     default_timeout = 30.0
 
-    def run(self, ctx) -> ProbeResult:
+    def run(self, ctx: ProbeContext) -> ProbeResult:
         return judge(gather(ctx))

@@ -1,8 +1,8 @@
 """User namespaces probe: can an unprivileged user create one (unprivileged
 Apptainer, rootless containers), and could it use fakeroot?
 
-Gather (the files under ``root``, a prefix the tests point at recorded
-trees; the clone test through ctx.run):
+Gather (the files under ``ctx.system_root``, which the tests point at recorded
+trees; the clone test, probes/_clone_test.py, through ctx.run):
 
 - user.max_user_namespaces (0 = off for everyone), Debian's
   kernel.unprivileged_userns_clone (0 = off for unprivileged users; absent
@@ -10,7 +10,7 @@ trees; the clone test through ctx.run):
   (1 = an unconfined program gets a user namespace without capabilities in
   it; programs with an AppArmor profile allowing ``userns``, such as
   Apptainer's, are exempt);
-- the clone test, for real: a child (``python -I -S``) calls
+- the clone test, for real: a child (probes/_clone_test.py) calls
   unshare(CLONE_NEWUSER) and maps root inside to its own uid, as
   ``unshare --user --map-root-user`` does. As root that would prove nothing
   about unprivileged users, so a probe running as root drops, in the child,
@@ -33,12 +33,13 @@ from __future__ import annotations
 
 import os
 import pwd
-import sys
 from dataclasses import dataclass
 from typing import Mapping, Optional, Tuple
 
 from startd_health.core.config import Knob, parse_string
-from startd_health.core.model import Probe, ProbeResult, Status
+from startd_health.core.model import Probe, ProbeContext, ProbeResult, Status
+from startd_health.system import procfs
+from startd_health.system.programs import python_argv
 from startd_health.system.procs import last_line
 
 MAX_USER_NAMESPACES = "proc/sys/user/max_user_namespaces"
@@ -47,59 +48,7 @@ APPARMOR_RESTRICT = "proc/sys/kernel/apparmor_restrict_unprivileged_userns"
 SUBUID = "etc/subuid"
 SUBGID = "etc/subgid"
 CLONE_TIMEOUT = 10.0
-
-# argv: uid gid. Drops to uid/gid when root and uid != 0, creates a user
-# namespace and maps root in it to uid/gid. Prints "ok" or "<step>: <error>".
-_CLONE_TEST = r'''
-import os, sys
-uid, gid = int(sys.argv[1]), int(sys.argv[2])
-CLONE_NEWUSER = 0x10000000
-
-PR_SET_DUMPABLE = 4
-libc = None
-if not hasattr(os, "unshare") or os.getuid() == 0:   # imported before dropping privileges
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-
-def unshare():
-    if hasattr(os, "unshare"):
-        os.unshare(CLONE_NEWUSER)
-        return
-    if libc.unshare(CLONE_NEWUSER) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-def write(path, text):
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-
-step = "drop privileges"
-try:
-    if os.getuid() == 0 and uid != 0:
-        os.setgroups([])
-        os.setgid(gid)
-        os.setuid(uid)
-        # Changing uid made us non-dumpable: /proc/self/uid_map would stay root's.
-        if libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE)")
-    step = "unshare(CLONE_NEWUSER)"
-    unshare()
-    step = "write uid_map"
-    if os.path.exists("/proc/self/setgroups"):
-        write("/proc/self/setgroups", "deny")
-    write("/proc/self/uid_map", "0 %d 1" % uid)
-    write("/proc/self/gid_map", "0 %d 1" % gid)
-    if os.getuid() != 0:
-        raise OSError(0, "not root inside the namespace (uid %d)" % os.getuid())
-except OSError as exc:
-    print("%s: %s" % (step, exc.strerror or exc))
-    sys.exit(3)
-print("ok")
-'''
-
+CLONE_TEST = "_clone_test.py"    # in this package; run by path
 
 @dataclass(frozen=True)
 class Account:
@@ -167,14 +116,6 @@ def parse_clone_output(returncode: Optional[int], stdout: str, failure: str) -> 
 
 # ---------------------------------------------------------------- gather
 
-def _read(root: str, relative: str) -> Optional[str]:
-    try:
-        with open(os.path.join(root, relative)) as handle:
-            return handle.read()
-    except OSError:
-        return None
-
-
 def _account(name_or_uid: str) -> Optional[Account]:
     try:
         entry = pwd.getpwuid(int(name_or_uid)) if name_or_uid.isdigit() else pwd.getpwnam(name_or_uid)
@@ -206,14 +147,14 @@ def choose_account(condor, environ: Mapping[str, str] = os.environ) -> Tuple[Acc
     return Account("root", 0, 0), True
 
 
-def clone_test(ctx, account: Account) -> CloneTest:
-    python = sys.executable or "python3"
-    result = ctx.run([python, "-I", "-S", "-c", _CLONE_TEST, str(account.uid), str(account.gid)],
+def clone_test(ctx: ProbeContext, account: Account) -> CloneTest:
+    result = ctx.run(python_argv(__package__, CLONE_TEST, str(account.uid), str(account.gid)),
                      timeout=CLONE_TIMEOUT, cwd="/")
     return parse_clone_output(result.returncode, result.stdout, result.describe_failure())
 
 
-def gather(ctx, root: str = "/") -> Gathered:
+def gather(ctx: ProbeContext) -> Gathered:
+    root = ctx.system_root
     configured = ctx.settings.get("user", "")
     owner = _account(configured) if configured else None
     if configured and owner is None:
@@ -225,11 +166,11 @@ def gather(ctx, root: str = "/") -> Gathered:
             account, as_root = owner, owner.uid == 0
         clone = clone_test(ctx, account)
     owner = owner or account
-    subuid, subgid = _read(root, SUBUID), _read(root, SUBGID)
+    subuid, subgid = procfs.read_text(root, SUBUID), procfs.read_text(root, SUBGID)
     return Gathered(
-        max_user_namespaces=parse_int(_read(root, MAX_USER_NAMESPACES)),
-        unprivileged_userns_clone=parse_int(_read(root, UNPRIVILEGED_USERNS_CLONE)),
-        apparmor_restricted=parse_int(_read(root, APPARMOR_RESTRICT)) == 1,
+        max_user_namespaces=parse_int(procfs.read_text(root, MAX_USER_NAMESPACES)),
+        unprivileged_userns_clone=parse_int(procfs.read_text(root, UNPRIVILEGED_USERNS_CLONE)),
+        apparmor_restricted=parse_int(procfs.read_text(root, APPARMOR_RESTRICT)) == 1,
         account=account,
         tested_as_root=as_root,
         clone=clone,
@@ -316,5 +257,5 @@ class UsernsProbe(Probe):
              resolve=resolved_user),
     )
 
-    def run(self, ctx) -> ProbeResult:
+    def run(self, ctx: ProbeContext) -> ProbeResult:
         return judge(gather(ctx))

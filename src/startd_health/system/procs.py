@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
+from startd_health.system import procfs
+
 log = logging.getLogger(__name__)
 
 KILL_GRACE_SECONDS = 1.0      # between SIGTERM and SIGKILL (NHC waits 1-3 s)
@@ -95,37 +97,12 @@ def _decode(data: Optional[bytes]) -> str:
 
 # ---------------------------------------------------------------- the process tree
 
-@dataclass(frozen=True)
-class ProcessInfo:
-    pid: int
-    ppid: int
-    pgrp: int
-    session: int
-    state: str         # R, S, D, Z ...
-    start_ticks: int   # since boot, in clock ticks: tells a process from a later one with its pid
-
-
-def _parse_stat(pid: int, text: str) -> ProcessInfo:
-    # comm (field 2) may hold blanks and parentheses: split after its last ")"
-    fields = text.rsplit(")", 1)[1].split()
-    return ProcessInfo(pid, int(fields[1]), int(fields[2]), int(fields[3]), fields[0], int(fields[19]))
-
-
-def process_info(pid: int) -> Optional[ProcessInfo]:
-    """What /proc/<pid>/stat says (None: no such process). Only stat is read:
-    unlike cmdline, environ or maps, it takes no lock that a process stuck on a
-    mount may hold, so reading it never blocks."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return _parse_stat(pid, handle.read())
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def process_start_ticks(pid: int) -> Optional[int]:
-    """Start time of a live process (None: gone or a zombie)."""
-    info = process_info(pid)
-    return None if info is None or info.state in ("Z", "X") else info.start_ticks
+# One reader of /proc/<pid>/stat for the whole package (system/procfs.py).
+# Only stat is read: unlike cmdline, environ or maps, it takes no lock that a
+# process stuck on a mount may hold, so reading it never blocks.
+ProcessInfo = procfs.ProcessStat
+process_info = procfs.read_stat
+process_start_ticks = procfs.start_ticks
 
 
 def now_ticks() -> int:
