@@ -1,8 +1,8 @@
 """The exporter's probe counters exist at 0 for every enabled probe before
 anything ran or failed (Prometheus' "avoid missing metrics": rate() and
 increase() over a series that appears only at the first failure see nothing).
-Scraped over HTTP from the real exporter process, and from the real
-prometheus_client HTTP server in-process to pin down the state before any run."""
+Scraped over HTTP from the real exporter process, and from prometheus_client's
+HTTP server in-process, to pin down the state before any run."""
 
 import re
 import shutil
@@ -13,7 +13,6 @@ import urllib.request
 from startd_health.core.model import Probe, ProbeResult, Status
 from startd_health.core.state import StateDir
 from startd_health.monitor.exporter import NodeExporter
-from startd_health.monitor.exporter_listen import start_metrics_server
 
 from tests.prom import free_port
 from tests.waiting import wait_until
@@ -61,7 +60,8 @@ def test_counters_start_at_zero_before_any_run_and_count_from_there(tmp_path):
     state.ensure()
     exporter = NodeExporter([Works(), Breaks()], settings, state)
     port = free_port()
-    server = start_metrics_server(("127.0.0.1", port), exporter.registry)  # the exporter's own server, no scheduler
+    from prometheus_client import start_http_server  # the server the exporter runs, without its scheduler
+    server, _ = start_http_server(port, addr="127.0.0.1", registry=exporter.registry)
     try:
         url = f"http://127.0.0.1:{port}/metrics"
         before = get(url)
