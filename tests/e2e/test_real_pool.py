@@ -105,6 +105,30 @@ def test_hostile_text_from_a_broken_image_stays_inside_its_attribute(pool):
     our_slot(pool, "StartdHealthContainerImagesFailed", StartdHealthContainerImagesFailed=[], StartdHealthOk=True)
 
 
+def test_a_crowded_ad_keeps_what_jobs_match_on_under_the_real_startd(pool):
+    """50 images that do not exist (real Apptainer fails each, with its own
+    error text) next to the two that launch: the cut ad the startd reads
+    still says REQUIRED, which images work, and the verdict."""
+    broken = " ".join(f"broken{i:02d}=/opt/containers/missing/{'x' * 60}-{i:02d}.sif" for i in range(50))
+    set_extra_conf(pool, f"STARTD_HEALTH_CONTAINER_IMAGES = $(STARTD_HEALTH_CONTAINER_IMAGES) {broken}\n"
+                         "STARTD_HEALTH_CONTAINER_TIMEOUT = 120\n")
+    try:
+        ad = our_slot(pool, "StartdHealthContainerImagesOk", "StartdHealthContainerImageErrors",
+                      "StartdHealthContainerAvailable", "StartdHealthTimestamp", "StartdHealthCvmfsStatus",
+                      "StartdHealthUsernsStatus", "StartdHealthSessionsStatus", "StartdHealthGpuStatus",
+                      StartdHealthTruncated=True, StartdHealthContainerRequirement="REQUIRED", StartdHealthOk=False)
+        assert sorted(ad["StartdHealthContainerImagesOk"]) == ["sandbox", "sif"]
+        assert ad["StartdHealthContainerAvailable"] is True and ad["StartdHealthContainerImageErrors"][-1] == "..."
+        missing = [p for p in ("Cvmfs", "Userns", "Sessions", "Gpu") if not ad.get(f"StartdHealth{p}Status")]
+        assert not missing, f"statuses dropped: {missing}"
+        slot = classad2.ClassAd({k: v for k, v in ad.items() if not isinstance(v, (list, dict))})
+        slot["StartdHealthContainerRequirement"] = ad["StartdHealthContainerRequirement"]
+        assert classad2.ExprTree('(StartdHealthContainerRequirement =!= "REQUIRED")').eval(slot) is False
+    finally:
+        set_extra_conf(pool, "")
+    our_slot(pool, StartdHealthOk=True)
+
+
 def test_failing_probe_refuses_new_jobs_until_the_node_is_healthy_again(pool):
     our_slot(pool, StartdHealthOk=True)
     first = pool.submit(JOB)

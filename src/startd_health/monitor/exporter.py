@@ -47,6 +47,12 @@ class NodeExporter(ScheduledServer):
         self.runs = Counter(f"{PREFIX}_probe_runs", "probe runs by this exporter", ["probe"], registry=self.registry)
         self.failures = Counter(f"{PREFIX}_probe_failures", "probe runs that failed", ["probe"],
                                 registry=self.registry)
+        # Every enabled probe's counters exist from the start, at 0 (Prometheus:
+        # "avoid missing metrics"): a failures series that appeared only at the
+        # first failure would give rate() panels and alerts nothing until then.
+        for probe in self.probes:
+            self.runs.labels(probe.name)
+            self.failures.labels(probe.name)
         # Seconds-valued measurements (image launch times, ...) as histograms
         # too: their distribution over time is what a launch regression shows.
         self.histograms: Dict[Tuple[str, Tuple[str, ...]], Any] = {}

@@ -9,9 +9,15 @@ neither the caller's sys.path nor PYTHON* variables can change what it
 measures, and the probe's runner can kill its whole process group (copies
 are forked children, in the same group) when the budget runs out.
 
-Every benchmark gets an absolute deadline on CLOCK_MONOTONIC (system-wide,
-so forked copies share it) and plans its work to end before it; a benchmark
-that cannot fit says so instead of overrunning.
+Every benchmark gets a measuring time (`measure_seconds`) and a hard
+deadline (`seconds` from its start, before the caller kills it). The
+measuring window opens when the benchmark is READY (numpy imported, arrays
+written: start-up costs that took 0.2 to 6 s on a loaded 2-core VM, which
+backs fresh memory lazily) and all its copies together; it closes
+`measure_seconds` later, never after the hard deadline. Each benchmark plans
+its work to end before the window closes; one that cannot fit says so
+instead of overrunning. Times are on CLOCK_MONOTONIC (system-wide, so forked
+copies share them).
 """
 
 import json
@@ -22,22 +28,51 @@ import sys
 import time
 
 WARMUP_SLICES = 50      # the (unmeasured) DB12 warm-up pass checks the deadline this often
+MIN_WINDOW_FRACTION = 0.5   # getting ready left less than this of the measuring time: say so, do not measure
+
+
+class Window:
+    """The measuring window of one benchmark: opened once it is ready."""
+
+    def __init__(self, measure_seconds, deadline):
+        self.measure_seconds = measure_seconds
+        self.deadline = deadline      # hard: the caller kills the worker soon after
+        # what measuring could get when nothing needs getting ready (DB12): a
+        # deadline shorter than the measuring time is the caller's budget, and
+        # the benchmark plans within it
+        self.planned = min(measure_seconds, deadline - time.monotonic())
+        self.opened = None
+
+    def open(self):
+        """-> when measuring must end; or raises TooLate when getting ready took the time."""
+        self.opened = time.monotonic()
+        end = min(self.opened + self.measure_seconds, self.deadline)
+        if end - self.opened < MIN_WINDOW_FRACTION * self.planned:
+            raise TooLate("getting ready (start-up, numpy import, writing the arrays) left %.1fs of the %.1fs "
+                          "planned for measuring" % (max(0.0, end - self.opened), self.planned))
+        return end
+
+
+class TooLate(Exception):
+    pass
 
 
 # ---------------------------------------------------------------- copies
 
-def run_copies(copies, prepare, measure):
-    """Run prepare() then measure(state) in `copies` forked children.
+def run_copies(copies, prepare, measure, window):
+    """Run prepare() then measure(state, end) in `copies` forked children.
 
-    All children prepare (imports, allocations) first; measure() starts in
-    all of them together once every one is ready, so that whole-node figures
-    are taken with every core busy. Returns one dict per copy.
+    All children prepare (imports, allocations) first; the window opens once
+    every one is ready, and measure() starts in all of them together, so that
+    whole-node figures are taken with every core busy and getting ready is
+    not measuring time. Returns one dict per copy.
     """
     if copies == 1:
         try:
-            return [measure(prepare())]
+            state = prepare()
+            return [measure(state, window.open())]
         except Exception as exc:  # reported, not raised: the parent prints JSON
-            return [{"error": "%s: %s" % (type(exc).__name__, exc)}]
+            return [{"error": "%s" % exc if isinstance(exc, TooLate) else "%s: %s" % (type(exc).__name__, exc)}]
     children = []
     for _ in range(copies):
         ready_r, ready_w = os.pipe()
@@ -52,8 +87,8 @@ def run_copies(copies, prepare, measure):
                 try:
                     state = prepare()
                     os.write(ready_w, b"r")
-                    os.read(go_r, 1)
-                    result = measure(state)
+                    end = os.read(go_r, 64)  # the window's end, or nothing: too late to measure
+                    result = measure(state, float(end)) if end else {"error": "no measuring window"}
                 except Exception as exc:
                     os.write(ready_w, b"r")
                     result = {"error": "%s: %s" % (type(exc).__name__, exc)}
@@ -69,8 +104,16 @@ def run_copies(copies, prepare, measure):
         children.append((pid, ready_r, go_w, out_r))
     for _, ready_r, _, _ in children:
         os.read(ready_r, 1)
+    try:
+        go, too_late = repr(window.open()).encode(), None
+    except TooLate as exc:
+        go, too_late = b"", {"error": str(exc)}
     for _, _, go_w, _ in children:
-        os.write(go_w, b"g")
+        try:
+            os.write(go_w, go)
+        except OSError:  # a copy that failed to prepare has gone already
+            pass
+        os.close(go_w)
     results = []
     for pid, ready_r, go_w, out_r in children:
         chunks = []
@@ -79,14 +122,14 @@ def run_copies(copies, prepare, measure):
             if not chunk:
                 break
             chunks.append(chunk)
-        for fd in (ready_r, go_w, out_r):
+        for fd in (ready_r, out_r):
             os.close(fd)
         _, status = os.waitpid(pid, 0)
         try:
             results.append(json.loads(b"".join(chunks).decode()))
         except ValueError:
             results.append({"error": "copy %d ended without a result (wait status %d)" % (pid, status)})
-    return results
+    return [too_late] * copies if too_late else results
 
 
 def cpu_seconds():
@@ -117,18 +160,25 @@ def db12_pass(draws):
 def db12_copy(draws, passes, deadline):
     """Pass 0 warms up (CPUs with variable speed) and is not measured; then
     `passes` measured passes. The warm-up pass runs in slices, so that a copy
-    that cannot end before the deadline says so early instead of overrunning."""
+    that cannot end before the deadline says so early instead of overrunning.
+    What is left is planned at the MEDIAN slice time: on a loaded node one
+    stall in the first slices made the pass look 3 times slower than it was
+    (and the run refuse a budget it fitted); time already spent counts as spent."""
     started = time.monotonic()
-    done = 0
+    slices = []
     for index in range(WARMUP_SLICES):
         size = draws // WARMUP_SLICES + (1 if index < draws % WARMUP_SLICES else 0)
+        t0 = time.monotonic()
         db12_pass(size)
-        done += size
-        per_pass = (time.monotonic() - started) * draws / max(1, done)
-        if index >= 1 and started + per_pass * (1 + passes) * 1.05 > deadline:
-            return {"error": "a DB12 pass takes about %.1fs here: the warm-up and %d measured pass%s do not fit "
-                             "in the %.1fs budget" % (per_pass, passes, "" if passes == 1 else "es",
-                                                      deadline - started)}
+        now = time.monotonic()
+        slices.append(now - t0)
+        if index >= 2:
+            per_pass = sorted(slices)[len(slices) // 2] * WARMUP_SLICES
+            left = per_pass * ((WARMUP_SLICES - 1 - index) / WARMUP_SLICES + passes)
+            if now + left * 1.05 > deadline:
+                return {"error": "a DB12 pass takes about %.1fs here: the warm-up and %d measured pass%s do not "
+                                 "fit in the %.1fs budget" % (per_pass, passes, "" if passes == 1 else "es",
+                                                              deadline - started)}
     warmup = time.monotonic() - started
     cpu0, wall0 = cpu_seconds(), time.monotonic()
     for _ in range(passes):
@@ -137,9 +187,9 @@ def db12_copy(draws, passes, deadline):
             "warmup_seconds": warmup}
 
 
-def bench_db12(args, deadline):
+def bench_db12(args, window):
     results = run_copies(args["copies"], lambda: None,
-                         lambda _: db12_copy(args["draws"], args["passes"], deadline))
+                         lambda _, end: db12_copy(args["draws"], args["passes"], end), window)
     return {"copies": results}
 
 
@@ -182,12 +232,18 @@ def blas_info(np):
 MATMUL_MIN_N, MATMUL_MAX_N = 256, 2048
 
 
-def bench_matmul(args, deadline):
+def bench_matmul(args, window):
     """Best time of an n x n float64 matrix product (numpy.matmul into a
     preallocated output). n grows from 256 (doubling, at most 2048) while a
     product takes under a twentieth of the time left, so that a slow BLAS
-    still gets several repetitions inside the budget."""
+    still gets several repetitions inside the budget. Getting ready (numpy,
+    the BLAS description, which may import threadpoolctl) is done first."""
     import numpy as np
+    blas = blas_info(np)
+    try:
+        deadline = window.open()
+    except TooLate as exc:
+        return {"error": str(exc)}
     rng = np.random.default_rng(12)
     n = MATMUL_MIN_N
     while True:
@@ -205,7 +261,7 @@ def bench_matmul(args, deadline):
         np.matmul(a, b, out=out)
         best = min(best, time.perf_counter() - t0)
         reps += 1
-    return {"n": n, "best_seconds": best, "reps": reps, "threads": args["threads"], "blas": blas_info(np)}
+    return {"n": n, "best_seconds": best, "reps": reps, "threads": args["threads"], "blas": blas}
 
 
 def memory_prepare(array_mib):
@@ -240,9 +296,8 @@ def memory_measure(state, deadline):
     return phases
 
 
-def bench_memory(args, deadline):
-    results = run_copies(args["copies"], lambda: memory_prepare(args["array_mib"]),
-                         lambda state: memory_measure(state, deadline))
+def bench_memory(args, window):
+    results = run_copies(args["copies"], lambda: memory_prepare(args["array_mib"]), memory_measure, window)
     return {"copies": results}
 
 
@@ -253,12 +308,15 @@ def main(argv):
     started = time.monotonic()
     name, args = argv[1], json.loads(argv[2])
     deadline = started + float(args["seconds"])
+    window = Window(float(args.get("measure_seconds", args["seconds"])), deadline)
     try:
-        result = BENCHMARKS[name](args, deadline)
+        result = BENCHMARKS[name](args, window)
     except Exception as exc:
         result = {"error": "%s: %s" % (type(exc).__name__, exc)}
     result["python"] = "%s %s" % (platform.python_implementation(), platform.python_version())
     result["elapsed_seconds"] = time.monotonic() - started
+    if window.opened is not None:  # how long getting ready took, from this script's start
+        result["ready_seconds"] = window.opened - started
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
     return 0
