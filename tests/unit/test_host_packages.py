@@ -41,8 +41,12 @@ INSIDE_ROOTFS = ("sh", "enter", "nsenter", "write")
 POOL_CODE = os.path.join(TESTS, "realpool")
 
 
-def declared() -> Set[str]:
-    out = subprocess.run([os.path.join(TESTS, "host-packages.sh"), "list", "all"], capture_output=True, text=True,
+# Used by a unit test only when present (the end-to-end tests use it for sure).
+OPTIONAL_IN_UNIT = {"promtool"}
+
+
+def declared(scope: str = "all") -> Set[str]:
+    out = subprocess.run([os.path.join(TESTS, "host-packages.sh"), "list", scope], capture_output=True, text=True,
                          check=True).stdout
     return {os.path.basename(item) for line in out.splitlines() for item in line.split()[2:]}
 
@@ -135,6 +139,15 @@ def test_every_host_command_the_tests_run_is_declared():
     undeclared = {command: sorted(files) for command, files in used().items() if command not in declared()}
     assert not undeclared, ("commands the tests run on the host that tests/host-packages.txt does not declare "
                             f"(add their Debian package there): {undeclared}")
+
+
+def test_what_the_unit_tests_run_is_declared_for_them():
+    """Scope "unit": what the Python 3.9 run installs (and ./dev test with STARTD_HEALTH_SKIP_E2E=1)."""
+    unit = declared("unit") | OPTIONAL_IN_UNIT
+    wrong = {command: sorted(f for f in files if f.startswith("tests/unit/"))
+             for command, files in used().items()
+             if command not in unit and any(f.startswith("tests/unit/") for f in files)}
+    assert not wrong, f"commands unit tests run whose package tests/host-packages.txt declares for e2e only: {wrong}"
 
 
 def test_the_check_sees_the_ways_tests_run_commands():
