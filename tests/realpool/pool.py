@@ -18,9 +18,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 from tests.waiting import wait_until
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
-ROOTFS_SH = os.path.join(HERE, "rootfs.sh")
+from .rootfs import REPO, RootFs, RootFsError
+
 PORTS = {"mix": 29618, "sid": 29619}
 PIDFILE = "/tmp/condor/run/master.pid"
 INSTALL = "/opt/startd-health"
@@ -56,68 +55,26 @@ STARTD_CRON_LOG_NON_ZERO_EXIT = True
 """
 
 
-class PoolError(AssertionError):
+class PoolError(RootFsError):
     pass
 
 
-class RealPool:
+class RealPool(RootFs):
+    error = PoolError
+
     def __init__(self, variant: str, instance: str = "") -> None:
         """instance: a separate copy of the root filesystem with its own
         port, so that independent tests (or developers) can run pools side
         by side."""
-        self.variant = variant
+        super().__init__(variant, instance)
         self.port = PORTS[variant] + (10 + sum(map(ord, instance)) % 1000 if instance else 0)
-        self.env = dict(os.environ, VARIANT=variant, INSTANCE=instance)
-        self.rootfs = ""
         self._namespace: Optional[int] = None   # the pool's mount namespace (inode)
-
-    # ------------------------------------------------------------ rootfs
-    def build(self) -> None:
-        """Build (or reuse the cached) root filesystem; raises with the reason if it cannot."""
-        if os.geteuid() != 0:
-            raise PoolError("the end-to-end tests need root (unshare, mount, mknod, mmdebstrap)")
-        proc = subprocess.run([ROOTFS_SH, "build"], env=self.env, capture_output=True, text=True, timeout=1800)
-        if proc.returncode != 0:
-            raise PoolError(f"cannot build the {self.variant} root filesystem:\n{proc.stderr[-4000:]}")
-        self.rootfs = subprocess.run([ROOTFS_SH, "path"], env=self.env, capture_output=True, text=True,
-                                     check=True).stdout.strip()
-
-    def path(self, inside: str) -> str:
-        return os.path.join(self.rootfs, inside.lstrip("/"))
-
-    def enter(self, *argv: str, user: Optional[str] = None, timeout: float = 120, check: bool = True,
-              input: Optional[str] = None) -> subprocess.CompletedProcess:
-        cmd = list(argv)
-        if user:
-            cmd = ["runuser", "-u", user, "--", *cmd]
-        proc = subprocess.run([ROOTFS_SH, "enter", *cmd], env=self.env, capture_output=True, text=True,
-                              timeout=timeout, input=input)
-        if check and proc.returncode != 0:
-            raise PoolError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-        return proc
-
-    def sh(self, script: str, user: Optional[str] = None, **kw: Any) -> subprocess.CompletedProcess:
-        return self.enter("/bin/sh", "-c", script, user=user, **kw)
-
-    def write(self, inside: str, text: str, mode: int = 0o644) -> None:
-        path = self.path(inside)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as handle:
-            handle.write(text)
-        os.chmod(path, mode)
 
     def install_project(self) -> None:
         """Install this checkout into a venv in the root filesystem (Debian's
         python3 and its htcondor2, psutil, numpy, ... from the distribution)."""
-        src = self.path(INSTALL + "/src")
         shutil.rmtree(self.path(INSTALL), ignore_errors=True)
-        os.makedirs(src)
-        for name in PROJECT_FILES:
-            origin = os.path.join(REPO, name)
-            if os.path.isdir(origin):
-                shutil.copytree(origin, os.path.join(src, name), ignore=shutil.ignore_patterns("__pycache__"))
-            else:
-                shutil.copy2(origin, src)
+        self.copy_project(INSTALL + "/src", PROJECT_FILES)
         self.sh(f"python3 -m venv --system-site-packages {INSTALL}/venv && "
                 f"{INSTALL}/venv/bin/pip install --quiet --no-deps --no-index --no-build-isolation {INSTALL}/src && "
                 f"chmod -R a+rX {INSTALL}", timeout=300)

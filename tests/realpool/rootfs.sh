@@ -1,11 +1,16 @@
 #!/bin/bash
-# rootfs.sh - build and enter the Debian root filesystem in which the end-to-end
-# tests run a REAL HTCondor personal pool and REAL Apptainer.
+# rootfs.sh - build and enter the Debian root filesystems of the end-to-end
+# tests: those in which they run a REAL HTCondor personal pool and REAL
+# Apptainer, and a bare Debian bullseye (Python 3.9) for the unit tests.
 #
 # usage (as root):  rootfs.sh build|enter CMD...|path|pack|unpack
 # env:
 #   STARTD_HEALTH_CACHE  cache dir (default ${XDG_CACHE_HOME:-~/.cache}/startd-health)
-#   VARIANT=mix|sid      mix: trixie (condor 23.9) + apptainer from sid; sid: condor 25.x
+#   VARIANT=mix|sid|py39 mix: trixie (condor 23.9) + apptainer from sid; sid: condor 25.x;
+#                        py39: bullseye minbase + python3 + python3-venv, nothing
+#                        else (Python 3.9 = EL9's system Python): everything more
+#                        must come from the project's own ./dev and
+#                        tests/host-packages.txt (tests/e2e/test_python39.py)
 #   INSTANCE=NAME        a separate copy of the built root filesystem (its own
 #                        config and pool), made from the base one; lets
 #                        several pools run side by side
@@ -22,6 +27,7 @@
 #    CAP_SYS_RESOURCE, so root Apptainer would fail to start.
 set -euo pipefail
 
+HERE=$(cd "$(dirname "$0")" && pwd)
 CACHE_ROOT=${STARTD_HEALTH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/startd-health}
 VARIANT=${VARIANT:-mix}
 BASE_ROOTFS=$CACHE_ROOT/rootfs-$VARIANT
@@ -32,13 +38,25 @@ KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 # Bump when the package list or the configuration below changes: a cached
 # root filesystem with another stamp is rebuilt.
 FIXTURE_VERSION=3
-PKGS=condor,apptainer,python3,python3-venv,python3-setuptools,python3-pip,python3-pytest,python3-psutil,python3-numpy,python3-prometheus-client,python3-apscheduler,squashfs-tools,squashfuse,fuse2fs,fuse3,busybox-static,procps,attr
+case $VARIANT in
+  mix|sid)
+    PKGS=condor,apptainer,python3,python3-venv,python3-setuptools,python3-pip,python3-pytest,python3-psutil,python3-numpy,python3-prometheus-client,python3-apscheduler,squashfs-tools,squashfuse,fuse2fs,fuse3,busybox-static,procps,attr
+    KEY= ;;
+  py39)
+    PKGS=python3,python3-venv
+    # What ./dev installs in it comes from the test suite's declaration of
+    # host packages: when that changes, the root filesystem starts afresh
+    # (an old install must not hide a missing one).
+    KEY=-$("$HERE/../host-packages.sh" list unit | sha256sum | cut -c1-12) ;;
+  *) echo "rootfs.sh: VARIANT must be mix, sid or py39, not '$VARIANT'" >&2; exit 2 ;;
+esac
+STAMP=.fixture-$FIXTURE_VERSION$KEY
 
 log() { printf '[rootfs %s %(%H:%M:%S)T] %s\n' "$VARIANT" -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 enter() {
-  [ -e "$ROOTFS/.fixture-$FIXTURE_VERSION" ] || die "root filesystem $ROOTFS is not built (run: $0 build)"
+  [ -e "$ROOTFS/$STAMP" ] || die "root filesystem $ROOTFS is not built (run: $0 build)"
   [ $# -gt 0 ] || set -- /bin/bash
   exec unshare --mount --propagation private -- /bin/sh -c '
 set -e
@@ -70,18 +88,12 @@ umount -l /.oldroot
 exec /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=dumb LANG=C.UTF-8 "$@"' sh "$(readlink -f "$ROOTFS")" "$@"
 }
 
-host_prereqs() {
-  local missing=()
-  command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
-  [ -e "$KEYRING" ] || missing+=(debian-archive-keyring)
-  if [ ${#missing[@]} -gt 0 ]; then
-    log "installing on the host: ${missing[*]}"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  fi
+host_prereqs() {   # declared with the tests' other host packages
+  "$HERE/../host-packages.sh" install mmdebstrap debian-archive-keyring
 }
 
 build() {
-  if [ -e "$ROOTFS/.fixture-$FIXTURE_VERSION" ] && [ -z "${REBUILD:-}" ]; then
+  if [ -e "$ROOTFS/$STAMP" ] && [ -z "${REBUILD:-}" ]; then
     log "cached: $ROOTFS"; return
   fi
   if [ -n "${INSTANCE:-}" ]; then
@@ -104,7 +116,7 @@ build() {
     srcs=("deb [signed-by=$KEYRING] $MIRROR trixie main" "deb [signed-by=$KEYRING] $MIRROR sid main")
     opts+=(--aptopt='APT::Default-Release "trixie"')   # trixie has no apptainer: only it comes from sid
   else
-    die "VARIANT must be mix or sid, not '$VARIANT'"
+    suite=bullseye; srcs=("deb [signed-by=$KEYRING] $MIRROR bullseye main")
   fi
   local t0=$SECONDS
   log "mmdebstrap $suite -> $ROOTFS.tmp"
@@ -115,8 +127,13 @@ build() {
     --customize-hook="sync-out /var/cache/apt/archives $DEBS" \
     "$suite" "$ROOTFS.tmp" "${srcs[@]}"
   mv "$ROOTFS.tmp" "$ROOTFS"
-  configure
-  touch "$ROOTFS/.fixture-$FIXTURE_VERSION"
+  if [ "$VARIANT" = py39 ]; then
+    # nobody must be able to read the project and its venv (tests drop to it)
+    chmod 0755 "$ROOTFS/opt"
+  else
+    configure
+  fi
+  touch "$ROOTFS/$STAMP"
   log "built in $((SECONDS - t0)) s: $(du -sh "$ROOTFS" | cut -f1)"
 }
 
@@ -125,7 +142,7 @@ configure() {
   # HTCondor resolves its own host name; the fresh /etc/hosts lacks it.
   grep -qw "$(hostname)" "$R/etc/hosts" || echo "127.0.0.1 $(hostname)" >> "$R/etc/hosts"
   sed -i 's/^root default capabilities = .*/root default capabilities = no/' "$R/etc/apptainer/apptainer.conf"
-  touch "$ROOTFS/.fixture-$FIXTURE_VERSION"   # enter() checks it
+  touch "$ROOTFS/$STAMP"   # enter() checks it
   "$0" enter /bin/bash -ec '
     id tester >/dev/null 2>&1 || useradd -m -u 1000 -s /bin/bash tester
     install -d -o condor -g condor -m 0755 /var/lib/condor/execute
