@@ -170,7 +170,7 @@ def test_fifty_failing_images_keep_what_jobs_and_start_match_on(tmp_path, cli_en
     runtime = tmp_path / "apptainer"
     runtime.write_text("""#!/bin/sh
 if [ "$1" = --version ]; then echo 'apptainer version 1.4.5'; exit 0; fi
-printf 'FATAL:   "quoted" \\\\ while\nInjected = true\n\\033[31m snow \\342\\230\\203 %0400d: open image: permission denied\n' 0 >&2
+printf 'FATAL:   "quoted" \\\\ while\\nInjected = true\\n\\033[31m snow \\342\\230\\203 %0400d: open image: permission denied\n' 0 >&2
 exit 255
 """)
     runtime.chmod(0o755)
