@@ -32,7 +32,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple
 
 from startd_health.core.config import Knob, parse_bool, parse_list, parse_positive_seconds
 from startd_health.core.model import Measurement, Probe, ProbeContext, ProbeResult, Status
@@ -201,6 +201,20 @@ def _copies(run: Mapping[str, Any]) -> Tuple[List[Mapping[str, Any]], str]:
     return copies, ""
 
 
+def _measured_copies(g: "Gathered", kind: str, errors: List[str]) -> Iterator[Tuple[str, List[Mapping[str, Any]]]]:
+    """(mode, copies) of each mode of ``kind`` that ran and succeeded; the
+    failed ones are named in ``errors``."""
+    for mode in MODES:
+        run = g.runs.get((kind, mode))
+        if run is None:
+            continue
+        copies, error = _copies(run)
+        if error:
+            errors.append(f"{kind} {mode}: {error}")
+            continue
+        yield mode, copies
+
+
 def _gb(rate: float) -> str:
     return f"{rate / 1e9:.1f}"
 
@@ -214,14 +228,7 @@ def judge(g: Gathered) -> ProbeResult:
     facts["python"] = next((str(r["python"]) for r in g.runs.values() if r.get("python")), g.python or "unknown")
 
     db12 = {}
-    for mode in MODES:
-        run = g.runs.get(("db12", mode))
-        if run is None:
-            continue
-        copies, error = _copies(run)
-        if error:
-            errors.append(f"db12 {mode}: {error}")
-            continue
+    for mode, copies in _measured_copies(g, "db12", errors):
         scores = [db12_score(float(c["cpu_seconds"]), g.passes, g.draws) for c in copies]
         if not all(math.isfinite(x) for x in scores):
             errors.append(f"db12 {mode}: no CPU time measured")
@@ -259,14 +266,7 @@ def judge(g: Gathered) -> ProbeResult:
             for m in flops) + (f" ({facts['blas']})" if facts.get("blas") else ""))
 
     memory: Dict[str, Tuple[float, float]] = {}
-    for mode in MODES:
-        run = g.runs.get(("memory", mode))
-        if run is None:
-            continue
-        copies, error = _copies(run)
-        if error:
-            errors.append(f"memory {mode}: {error}")
-            continue
+    for mode, copies in _measured_copies(g, "memory", errors):
         rates = []
         for kind in ("copy", "triad"):
             if mode == "single":   # STREAM's convention: the best repetition
