@@ -218,7 +218,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_hook(args: argparse.Namespace) -> int:
     from startd_health.monitor.hook import main_prepare_job
     signal.signal(signal.SIGTERM, _on_sigterm)
-    return main_prepare_job(build_config(args))
+    return main_prepare_job(lambda: build_config(args))  # a config error must not hold the job
 
 
 def cmd_pool_exporter(args: argparse.Namespace) -> int:
