@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from packaging.pilot.build_zipapp import build
+from tests.zipapp import build
 from tests.realpool.pool import RealPool
 
 pytestmark = pytest.mark.e2e
