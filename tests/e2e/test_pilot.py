@@ -111,6 +111,11 @@ def test_one_macro_configures_cron_job_hook_and_benchmark_job(pilot):
     out = pilot.sh(f"{ENV} condor_config_val STARTD_CRON_STARTD_HEALTH_EXECUTABLE HEALTHCHECK_HOOK_PREPARE_JOB "
                    "BENCHMARKS_HEALTHBENCH_EXECUTABLE", user="tester").stdout.split()
     assert out == [PYZ, PYZ, PYZ], out
+    # The same derivation still finds `startd-health` beside a venv's or the RPM's `startd-health-cron`.
+    pilot.write(f"{HOME}/venv_config", f"include : {HOME}/config.d/50-startd-health.conf\n"
+                "STARTD_HEALTH_CRON = /opt/site.v2/bin/startd-health-cron\n")
+    out = pilot.sh(f"CONDOR_CONFIG={HOME}/venv_config condor_config_val STARTD_HEALTH_COMMAND").stdout.split()
+    assert out == ["/opt/site.v2/bin/startd-health"], out
     assert pilot.sh("python3 -S -c 'import classad2'", user="tester", check=False).returncode != 0
 
 
