@@ -60,8 +60,8 @@ def t_quantile(table: list, df: int, normal: float) -> float:
 
 
 def run_ours(copies: int, passes: int) -> list:
-    args = json.dumps({"copies": copies, "draws": ours.DB12_DRAWS, "passes": passes, "seconds": 3600})
-    out = subprocess.run([sys.executable, "-I", ours.WORKER, "db12", args], capture_output=True, text=True,
+    args = {"copies": copies, "draws": ours.DB12_DRAWS, "passes": passes, "seconds": 3600}
+    out = subprocess.run(ours.worker_argv("db12", args), capture_output=True, text=True,
                          check=True, env=single_threaded()).stdout
     copies_out = json.loads(out.strip().splitlines()[-1])["copies"]
     if any("error" in c for c in copies_out):

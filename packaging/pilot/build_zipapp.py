@@ -5,17 +5,15 @@ A pilot runs a condor_startd as an ordinary user on someone else's node, with
 no root and no package install. The zipapp runs on the node's own python3
 (3.9+, e.g. EL9's) with nothing else installed: the HTCondor bindings are used
 when that Python has them, else `condor_config_val` reads the pilot's
-configuration and values are quoted without them. prometheus_client (pure
-Python) is bundled for the textfile output; the exporter and the benchmarks
-(numpy) are not meant for pilots.
+configuration, values are quoted and the pre-job hook reads the job ad
+without them. prometheus_client (pure Python) is bundled for the textfile
+output. `benchmark` runs its workers from the zip (DB12 needs nothing else;
+matmul and memory need the node's numpy); the exporters need apscheduler and
+are not meant for pilots.
 
-usage: build_zipapp.py [--output dist/startd-health.pyz]
-Then, in the pilot's condor configuration:
-  STARTD_CRON_JOBLIST = $(STARTD_CRON_JOBLIST) STARTD_HEALTH
-  STARTD_CRON_STARTD_HEALTH_EXECUTABLE = /usr/bin/python3
-  STARTD_CRON_STARTD_HEALTH_ARGS = /path/to/startd-health.pyz
-  STARTD_CRON_STARTD_HEALTH_PERIOD = 300
-(or include packaging/condor/50-startd-health.conf and set STARTD_HEALTH_CRON).
+usage: build_zipapp.py [--output dist/startd-health.pyz] [--python "/usr/bin/env python3"]
+Keep the name startd-health.pyz: 50-startd-health.conf derives the command
+from STARTD_HEALTH_CRON (README, "Pilots (glideins)").
 """
 
 from __future__ import annotations
@@ -42,7 +40,9 @@ else:
 '''
 
 
-def build(output: str) -> str:
+def build(output: str, python: str = "/usr/bin/env python3") -> str:
+    """python: the interpreter line (e.g. "/usr/bin/python3 -S" keeps the node's site-packages,
+    and bindings of another HTCondor version than the pilot's, out)."""
     staging = tempfile.mkdtemp(prefix="startd-health-pyz-")
     try:
         ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
@@ -59,7 +59,7 @@ def build(output: str) -> str:
             handle.write(MAIN)
         os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
         tmp = output + ".tmp"
-        zipapp.create_archive(staging, tmp, interpreter="/usr/bin/env python3", compressed=True)
+        zipapp.create_archive(staging, tmp, interpreter=python, compressed=True)
         os.chmod(tmp, 0o755)
         os.replace(tmp, output)
         return output
@@ -70,8 +70,10 @@ def build(output: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Build the pilot zipapp startd-health.pyz.")
     parser.add_argument("--output", default=os.path.join(REPO, "dist", "startd-health.pyz"))
+    parser.add_argument("--python", default="/usr/bin/env python3",
+                        help="the zipapp's interpreter line (default: %(default)s)")
     args = parser.parse_args()
-    path = build(args.output)
+    path = build(args.output, args.python)
     print(f"{path} ({os.path.getsize(path) // 1024} KiB)")
 
 

@@ -1,9 +1,12 @@
-"""The pre-job hook's decision (the real hook runs under a real starter in tests/e2e)."""
+"""The pre-job hook's decision and its reading of the job ad, with and without the bindings
+(the real hook runs under a real starter in tests/e2e, and without bindings in tests/e2e/test_pilot.py)."""
 
 import pytest
 
 
-from startd_health.monitor.hook import EXIT_ACCEPT, EXIT_HOLD, Decision, decide, job_image, read_job_ad
+from startd_health.monitor.hook import (EXIT_ACCEPT, EXIT_HOLD, IMAGE_ATTRIBUTES, Decision, decide, job_image,
+                                        not_checked, read_job_ad)
+from startd_health.monitor.job_ad import Unreadable, _read_literals, _read_with_classad2
 from startd_health.core.model import ProbeResult, Status
 from startd_health.system.container import Launch
 
@@ -65,6 +68,43 @@ def test_job_ad_parsing():
     # A malformed line after the image (the starter never sends one; a
     # hand-run hook may get one) loses nothing read before it.
     ad = read_job_ad('ClusterId = 3\nContainerImage = "/x/y.sif"\nJunk = [ broken\n')
-    assert job_image(ad) == "/x/y.sif" and ad["ClusterId"] == 3
-    assert job_image(read_job_ad('SingularityImage = "/a.sif"\nContainerImage = "/b.sif"\n')) == "/a.sif"
-    assert job_image(read_job_ad("garbage ((")) == ""
+    assert job_image(ad) == ("/x/y.sif", "")
+    text = 'ClusterId = 3\nContainerImage = "/x/y.sif"\nJunk = [ broken\n'
+    assert job_image(_read_literals(text, IMAGE_ATTRIBUTES)) == ("/x/y.sif", "")   # without the bindings too
+    assert job_image(read_job_ad('SingularityImage = "/a.sif"\nContainerImage = "/b.sif"\n')) == ("/a.sif", "")
+    assert job_image(read_job_ad("garbage ((")) == ("", "")
+    assert job_image(read_job_ad("SingularityImage = undefined\n")) == ("", "")
+
+
+# Old-format job ads as the starter writes them (classad2's printOld), and odd ones.
+LITERALS = ["/cvmfs/img/el9:latest", "", "with space", 'q"uote', "back\\slash", "ends\\", 'ends\\"',
+            '\\"both\\"', "tab\there", "é ü 日本", "x = y; z", '"']
+ODD = ['SingularityImage = strcat("/a", "b")', 'SingularityImage = "a" + "b"', 'SingularityImage = "open',
+       'SingularityImage = "a\\" ', "SingularityImage = 3", "SingularityImage = MY.Other",
+       'singularityimage = "lower"', 'SingularityImage = "first"\nSingularityImage = "second"',
+       'SingularityImage = "x"\nSingularityImage = undefined', "SingularityImage = UNDEFINED",
+       '[ SingularityImage = "new syntax"; ]', 'SingularityImage="/opt/el9.sif"', 'SingularityImage = "x" "y"']
+
+
+def test_without_the_bindings_literals_read_as_classad2_reads_them():
+    """The reader a pilot uses (no classad2) against the real library: every string the starter
+    can write reads back the same; anything else is the same value or Unreadable, never another."""
+    for text in LITERALS:
+        old = classad2.ClassAd({"SingularityImage": text}).printOld()
+        assert _read_literals(old, ["SingularityImage"]) == {"SingularityImage": text}, old
+        assert _read_with_classad2(classad2, old, ["SingularityImage"]) == {"SingularityImage": text}, old
+    for text in ODD:
+        ours = _read_literals(text, ["SingularityImage"]).get("SingularityImage")
+        real = _read_with_classad2(classad2, text, ["SingularityImage"]).get("SingularityImage")
+        assert ours == real or isinstance(ours, Unreadable), (text, ours, real)
+        if isinstance(real, Unreadable):
+            assert isinstance(ours, Unreadable), (text, ours)
+
+
+def test_an_image_the_hook_cannot_read_starts_the_job_unchecked():
+    """Never held (the job may be fine), never requeued (it would come straight back here)."""
+    for text in ('SingularityImage = strcat("/a", "b")\n', 'ContainerImage = "unterminated\n'):
+        image, why = job_image(_read_literals(text, IMAGE_ATTRIBUTES))
+        assert not image and why
+        decision = not_checked(why)
+        assert decision.accept and not decision.requeue and "was not checked" in decision.message

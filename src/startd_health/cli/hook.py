@@ -19,4 +19,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from startd_health.monitor.hook import main_prepare_job
     signal.signal(signal.SIGTERM, on_sigterm)
-    return main_prepare_job(build_config(args))
+    return main_prepare_job(lambda: build_config(args))  # a config error must not hold the job

@@ -15,15 +15,27 @@ and there is no timeout but ours. So it must be fast and bounded:
   A site image that fails here while the periodic probe said it was fine is
   a node fault: the job is sent back to the queue (HookStatusCode = 300)
   rather than held, since the job itself is fine.
+
+The hook holds a job only when it has seen the job's own image fail. When
+it cannot check at all (a job ad it cannot read, an image given as an
+expression it cannot evaluate without the HTCondor bindings, a configuration
+error, its own internal error) the job starts (exit 0) and HookStatusMessage
+says what was not checked: holding would blame the job for the node's
+problem, and requeueing (300) would bring the job straight back to this
+node every ~25 s; the periodic verdict still guards the node, and the
+starter's own container test still runs.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Tuple
+
+from startd_health.monitor.job_ad import Unreadable, read_attributes
 
 EXIT_ACCEPT, EXIT_HOLD = 0, 1
 REQUEUE_STATUS = 300
@@ -45,28 +57,26 @@ class Decision:
         return EXIT_ACCEPT if self.accept or self.requeue else EXIT_HOLD
 
 
-def job_image(job_ad: Mapping[str, Any]) -> str:
-    for name in ("SingularityImage", "ContainerImage"):
+IMAGE_ATTRIBUTES = ("SingularityImage", "ContainerImage")   # in the order the starter uses them
+
+
+def job_image(job_ad: Mapping[str, Any]) -> Tuple[str, str]:
+    """(the job's container image or '', why it could not be read or '')."""
+    for name in IMAGE_ATTRIBUTES:
         value = job_ad.get(name)
+        if isinstance(value, Unreadable):
+            return "", f"{name} {value.why}"
         if isinstance(value, str) and value:
-            return value
-    return ""
+            return value, ""
+    return "", ""
 
 
 def read_job_ad(text: str) -> Mapping[str, Any]:
-    import classad2
-    try:
-        ad = classad2.parseOne(text)
-    except Exception:  # the bindings raise several types on garbage
-        return {}
-    result = {}
-    for key in ("SingularityImage", "ContainerImage", "ClusterId", "ProcId"):
-        if key in ad:
-            try:
-                result[key] = ad.eval(key)
-            except Exception:
-                pass
-    return result
+    return read_attributes(text, IMAGE_ATTRIBUTES)
+
+
+def not_checked(why: str) -> Decision:
+    return Decision(True, f"the job's container image was not checked: {why}")
 
 
 def decide(image: str, site_images: Mapping[str, str], cached: Optional[Any], period: float, now: float,
@@ -95,8 +105,11 @@ def prepare_job(config: Any, stdin_text: str) -> Decision:
     from startd_health.system import inside
     from startd_health.system.container import Launch, find_runtime, launch
 
-    job_ad = read_job_ad(stdin_text)
-    image = job_image(job_ad)
+    if not stdin_text.strip():
+        return not_checked("no job ad on stdin nor in $_CONDOR_JOB_AD")
+    image, unreadable = job_image(read_job_ad(stdin_text))
+    if unreadable:
+        return not_checked(unreadable)
     prefix = "CONTAINER_"
     settings = {k[len(prefix):].lower(): v for k, v in config.items_values() if k.startswith(prefix)}
     site_images = {entry.partition("=")[2]: entry.partition("=")[0] for entry in settings.get("images", ())}
@@ -115,9 +128,26 @@ def prepare_job(config: Any, stdin_text: str) -> Decision:
     return decide(image, site_images, cached, settings["period"], time.time(), launch_now)
 
 
-def main_prepare_job(config: Any) -> int:
+def read_stdin_ad() -> str:
     text = sys.stdin.read() if not sys.stdin.isatty() else ""
     if not text.strip() and os.environ.get("_CONDOR_JOB_AD"):
-        with open(os.environ["_CONDOR_JOB_AD"]) as handle:
+        with open(os.environ["_CONDOR_JOB_AD"], errors="replace") as handle:
             text = handle.read()
-    return prepare_job(config, text).emit()
+    return text
+
+
+def main_prepare_job(config: Any) -> int:
+    """config: the Config, or a function that builds it (so that a configuration error, too, is
+    answered as the hook protocol expects instead of holding the job)."""
+    from startd_health.core.config import ConfigError
+    try:
+        if callable(config):
+            config = config()
+        decision = prepare_job(config, read_stdin_ad())
+    except ConfigError as exc:
+        print(f"startd-health: error: {exc}", file=sys.stderr)
+        decision = not_checked(f"configuration error: {exc}")
+    except Exception as exc:  # our own fault, not the job's: never hold the job for it
+        logging.getLogger("startd-health").exception("internal error in the pre-job hook")
+        decision = not_checked(f"internal error: {type(exc).__name__}: {exc}")
+    return decision.emit()

@@ -1,12 +1,12 @@
 """The heavy part of the benchmarks probe, run as a child process:
 
-    python -I _bench_worker.py db12|matmul|memory '<json arguments>'
+    python -I -m startd_health.probes._bench_worker db12|matmul|memory '<json arguments>'
 
-It prints one JSON line: raw timings, never judged figures (probes/benchmarks.py
-turns them into scores). Self-contained on purpose (standard library only,
-numpy imported only by the numpy benchmarks): it runs by path with -I, so
-neither the caller's sys.path nor PYTHON* variables can change what it
-measures, and the probe's runner can kill its whole process group (copies
+(with this package's parent on sys.path: benchmarks.worker_argv). It prints one
+JSON line: raw timings, never judged figures (probes/benchmarks.py turns them
+into scores). Self-contained on purpose (standard library only, numpy imported
+only by the numpy benchmarks): it runs with -I, so neither the caller's
+PYTHON* variables nor its current directory can change what it measures, and the probe's runner can kill its whole process group (copies
 are forked children, in the same group) when the budget runs out.
 
 Every benchmark gets a measuring time (`measure_seconds`) and a hard
@@ -195,6 +195,17 @@ def bench_db12(args, window):
 
 # ---------------------------------------------------------------- numpy
 
+def import_numpy():
+    """numpy, or an ImportError that says what to do: a pilot's Python may lack it."""
+    try:
+        import numpy
+    except ImportError:
+        raise ImportError("numpy is not installed for %s%s: install it, or set STARTD_HEALTH_BENCHMARKS_RUN = db12 "
+                          "(DB12 needs nothing but Python)" % (sys.executable, " -S" if sys.flags.no_site else "")
+                          ) from None
+    return numpy
+
+
 def blas_info(np):
     """What BLAS numpy uses: its build configuration, the library really
     mapped into this process, and threadpoolctl's view when installed."""
@@ -238,7 +249,7 @@ def bench_matmul(args, window):
     product takes under a twentieth of the time left, so that a slow BLAS
     still gets several repetitions inside the budget. Getting ready (numpy,
     the BLAS description, which may import threadpoolctl) is done first."""
-    import numpy as np
+    np = import_numpy()
     blas = blas_info(np)
     try:
         deadline = window.open()
@@ -265,7 +276,7 @@ def bench_matmul(args, window):
 
 
 def memory_prepare(array_mib):
-    import numpy as np
+    np = import_numpy()
     n = max(1, int(array_mib * 1024 * 1024) // 8)
     # np.full writes every page now: no page faults inside the timed loops
     return np, np.full(n, 1.0), np.full(n, 2.0), np.full(n, 0.5)

@@ -39,7 +39,13 @@ from startd_health.core.model import Measurement, Probe, ProbeContext, ProbeResu
 from startd_health.system import procfs
 from startd_health.system.procs import last_line
 
-WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bench_worker.py")
+# The worker runs by module name with exactly this package's parent on sys.path, so that it
+# runs from a zipapp too (a file inside a zip cannot be run by path); -I keeps the caller's
+# PYTHON* variables and current directory out of what it measures.
+WORKER_MODULE = "startd_health.probes._bench_worker"
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+WORKER_BOOT = ("import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
+               f"runpy.run_module({WORKER_MODULE!r}, run_name='__main__')")
 KINDS = ("db12", "matmul", "memory")
 MODES = ("single", "wholenode")
 DB12_DRAWS = 12_500_000     # per pass; one pass = 1 kHS2k.s = 250 HS06.s (DB12's calibration)
@@ -135,6 +141,13 @@ def usable_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def worker_argv(kind: str, args: Mapping[str, Any]) -> List[str]:
+    # Our own interpreter, with our -S if we have it (a pilot runs `python3 -S` to keep the
+    # node's site-packages out: then the numpy benchmarks say numpy is missing).
+    flags = "-IS" if sys.flags.no_site else "-I"
+    return [sys.executable or "python3", flags, "-c", WORKER_BOOT, PACKAGE_PARENT, kind, json.dumps(args)]
+
+
 def worker(ctx: ProbeContext, kind: str, args: Mapping[str, Any], seconds: float,
            threads: int = 1) -> Mapping[str, Any]:
     """Run one benchmark child with `seconds` of budget (it plans to end WORKER_SLACK earlier)."""
@@ -142,7 +155,7 @@ def worker(ctx: ProbeContext, kind: str, args: Mapping[str, Any], seconds: float
     if seconds <= WORKER_SLACK:
         return {"error": "no time left in the budget"}
     env = dict(os.environ, **{name: str(threads) for name in BLAS_THREAD_VARIABLES})
-    argv = [sys.executable or "python3", "-I", WORKER, kind, json.dumps(dict(args, seconds=seconds - WORKER_SLACK))]
+    argv = worker_argv(kind, dict(args, seconds=seconds - WORKER_SLACK))
     result = ctx.run(argv, timeout=seconds, env=env)
     if not result.ok:
         return {"error": result.describe_failure()}
@@ -219,6 +232,15 @@ def _gb(rate: float) -> str:
     return f"{rate / 1e9:.1f}"
 
 
+def join_errors(errors: Sequence[str]) -> str:
+    """'matmul single: X; memory single: X' -> 'matmul single, memory single: X': one cause said once."""
+    grouped: Dict[str, List[str]] = {}
+    for error in errors:
+        label, _, text = error.partition(": ")
+        grouped.setdefault(text, []).append(label)
+    return "; ".join(f"{', '.join(labels)}: {text}" for text, labels in grouped.items())
+
+
 def judge(g: Gathered) -> ProbeResult:
     facts: Dict[str, Any] = {"cpu_model": g.cpu_model, "cpus": g.cpus, "fast": g.fast}
     measurements: List[Measurement] = []
@@ -291,7 +313,7 @@ def judge(g: Gathered) -> ProbeResult:
     if not errors:
         return ProbeResult("benchmarks", Status.OK, f"{what}; {where}", facts, tuple(measurements))
     status = Status.DEGRADED if measurements else Status.FAILED
-    reason = "; ".join(errors) + (f"; measured: {what}" if what else "") + f"; {where}"
+    reason = join_errors(errors) + (f"; measured: {what}" if what else "") + f"; {where}"
     return ProbeResult("benchmarks", status, reason, facts, tuple(measurements))
 
 
