@@ -18,7 +18,7 @@ from startd_health.core.runner import run_probes
 from startd_health.core.state import StateDir
 from startd_health.probes.container import ContainerProbe
 from startd_health.probes.cvmfs import CvmfsProbe
-from startd_health.probes import launch_guard
+from startd_health.system import launch_guard
 from tests import cvmfs_sim as sim
 
 from .helpers import pids_alive, wait_gone

@@ -27,7 +27,7 @@ from startd_health.system import container as runtimes
 from startd_health.system import inside
 from startd_health.system.container import Launch, Runtime
 
-from . import launch_guard
+from startd_health.system import launch_guard
 
 DEFAULT_FLAGS = "--ipc --pid --contain"   # the OSG/GlideinWMS set
 VERSION_TIMEOUT = 10.0

@@ -55,7 +55,6 @@ MOUNTS_FILE = "proc/self/mounts"
 DEFAULT_ROOT = "/cvmfs"
 DEFAULT_QUARANTINE_SECONDS = 4 * 3600.0    # the OSPool pilot's window
 QUARANTINE_FILE = "quarantine.json"
-HUNG_RECORD = "hung-{repo}"     # system/stuck.py record of the children stuck on a repository
 
 # Attributes a CVMFS client answers on a repository's top directory. Each
 # is one cheap in-memory lookup in cvmfs2 (none downloads anything); any of
@@ -161,13 +160,8 @@ class Failure:
 
 # ---------------------------------------------------------------- gather
 
-def remember_hung(scratch: Optional[str], repo: str, pids: Sequence[int], since: float) -> None:
-    stuck.remember(scratch, HUNG_RECORD.format(repo=repo), pids, since)
-
-
-def still_hung(scratch: Optional[str], repo: str) -> Optional[stuck.Stuck]:
-    """The child(ren) an earlier run left on this repository, if still there."""
-    return stuck.still_stuck(scratch, HUNG_RECORD.format(repo=repo))
+remember_hung = stuck.remember_hung_repository   # what the container probe and the hook read too
+still_hung = stuck.hung_repository
 
 
 def load_failures(scratch: Optional[str]) -> Dict[str, Failure]:
@@ -287,8 +281,7 @@ def gather(ctx: ProbeContext, scratch: Optional[str]) -> List[RepoCheck]:
 
 # ---------------------------------------------------------------- judge
 
-def iso(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+iso = stuck.iso
 
 
 def seconds(value: float) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Iterable, Optional, Tuple
 
@@ -81,3 +82,25 @@ def still_stuck(directory: Optional[str], name: str) -> Optional[Stuck]:
     except OSError:
         pass
     return None
+
+
+# ---------------------------------------------------------------- CVMFS repositories
+# The cvmfs probe records the children it leaves stuck on a repository here;
+# whoever else would touch that repository (a container launch, the pre-job
+# hook) reads the record and stays away. One name for both sides.
+
+CVMFS_OWNER = "cvmfs"                  # the probe whose scratch directory holds the records
+HUNG_REPOSITORY = "hung-{repo}"
+
+
+def remember_hung_repository(directory: Optional[str], repo: str, pids: Iterable[int], since: float) -> None:
+    remember(directory, HUNG_REPOSITORY.format(repo=repo), pids, since)
+
+
+def hung_repository(directory: Optional[str], repo: str) -> Optional[Stuck]:
+    """The child(ren) an earlier run left on this repository, if still there."""
+    return still_stuck(directory, HUNG_REPOSITORY.format(repo=repo))
+
+
+def iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))

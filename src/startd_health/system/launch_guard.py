@@ -9,7 +9,7 @@ Before launching an image, refused() says why not to, when
   on CVMFS; the inside check of STARTD_HEALTH_CVMFS_REPOSITORIES; an
   expected bind under a repository) is
   known hung: the cvmfs probe left a child stuck on it (its record in the
-  cvmfs probe's scratch directory, cvmfs.still_hung), or
+  cvmfs probe's scratch directory, stuck.hung_repository), or
 - this image's previous launch left processes stuck and they are still
   there (recorded by remember() in the container probe's scratch directory).
 The image is then reported as not tested, with that reason; it is launched
@@ -27,8 +27,6 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 from startd_health.system import stuck
 
-from . import cvmfs
-
 LAUNCH_RECORD = "stuck-launch-{image}"
 
 
@@ -42,7 +40,7 @@ def touched_repositories(settings: Mapping[str, Any], image_path: str = "") -> T
     """The CVMFS repositories a launch of the image reads: the one holding
     the image, those checked inside it, and those holding an expected bind
     mount (its presence is tested)."""
-    root = settings.get("cvmfs_root") or cvmfs.DEFAULT_ROOT
+    root = settings.get("cvmfs_root") or "/cvmfs"
     touched: List[str] = [repository_of(image_path, root)] if image_path else []
     if settings.get("cvmfs", True):
         touched += settings.get("cvmfs_repositories") or ()
@@ -52,15 +50,15 @@ def touched_repositories(settings: Mapping[str, Any], image_path: str = "") -> T
 
 def refused(ctx: Any, image: str, repositories: Sequence[str]) -> str:
     """Why the image must not be launched now; '' when it may."""
-    hung_root = ctx.scratch_dir("cvmfs")
+    hung_root = ctx.scratch_dir(stuck.CVMFS_OWNER)
     for repo in repositories:
-        hung = cvmfs.still_hung(hung_root, repo)
+        hung = stuck.hung_repository(hung_root, repo)
         if hung is not None:
             return (f"not launched: CVMFS repository {repo} is hung ({hung.describe()} stuck on it since "
-                    f"{cvmfs.iso(hung.since)}); a launch would hang on it too")
+                    f"{stuck.iso(hung.since)}); a launch would hang on it too")
     previous = stuck.still_stuck(ctx.scratch_dir(), LAUNCH_RECORD.format(image=image))
     if previous is not None:
-        return (f"not launched: its previous launch is still stuck since {cvmfs.iso(previous.since)} "
+        return (f"not launched: its previous launch is still stuck since {stuck.iso(previous.since)} "
                 f"({previous.describe()} unkillable)")
     return ""
 
