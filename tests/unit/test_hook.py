@@ -1,6 +1,8 @@
 """The pre-job hook's decision and its reading of the job ad, with and without the bindings
 (the real hook runs under a real starter in tests/e2e, and without bindings in tests/e2e/test_pilot.py)."""
 
+import os
+
 import pytest
 
 
@@ -48,7 +50,7 @@ def test_jobs_own_broken_image_is_held_site_image_is_requeued_missing_runtime_is
     site = decide("/cvmfs/img/el9", SITE, cached(400), 300, NOW, bad)
     assert site.requeue and "site image el9" in site.message
     none = decide("/x.sif", SITE, None, 300, NOW, lambda: (Launch("x", "x", False, 0, error="no apptainer"), True))
-    assert none.requeue and "no container runtime" in none.message
+    assert none.requeue and "cannot launch containers now: no apptainer" in none.message
 
 
 def test_no_image_means_nothing_to_check():
@@ -108,3 +110,29 @@ def test_an_image_the_hook_cannot_read_starts_the_job_unchecked():
         assert not image and why
         decision = not_checked(why)
         assert decision.accept and not decision.requeue and "was not checked" in decision.message
+
+
+def test_the_hook_never_launches_into_a_repository_the_cvmfs_probe_found_hung(tmp_path, cli_env):
+    """The real hook command. Simulated: the cvmfs probe's record of a child
+    stuck on the repository (this test's own pid stands for the stuck process,
+    so the record counts as live) and the runtime, a script that notes each call."""
+    import subprocess
+    import sys
+
+    from startd_health.system import stuck
+
+    calls = tmp_path / "calls"
+    runtime = tmp_path / "apptainer"
+    runtime.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\nexit 0\n")
+    runtime.chmod(0o755)
+    records = tmp_path / "state" / "probes" / "cvmfs"
+    records.mkdir(parents=True)
+    stuck.remember_hung_repository(str(records), "hung.example.org", [os.getpid()], 1_800_000_000.0)
+    proc = subprocess.run([sys.executable, "-m", "startd_health", "hook", "prepare-job", "--no-condor-config",
+                           "--state-dir", str(tmp_path / "state"), "--container-runtime", str(runtime)],
+                          input='SingularityImage = "/cvmfs/hung.example.org/el9.sif"\n', env=cli_env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == EXIT_ACCEPT, proc.stderr
+    assert "HookStatusCode = 300" in proc.stdout                       # requeued: a node fault
+    assert "CVMFS repository hung.example.org is hung" in proc.stdout
+    assert not calls.exists()                                          # nothing launched into the trap

@@ -82,7 +82,8 @@ def not_checked(why: str) -> Decision:
 def decide(image: str, site_images: Mapping[str, str], cached: Optional[Any], period: float, now: float,
            launch_now) -> Decision:
     """site_images: path -> name of the configured images; cached: the last container ProbeResult;
-    launch_now(): (Launch of the image tested now, node_fault: True when no runtime could be found)."""
+    launch_now(): (Launch of the image tested now, node_fault: True when the node cannot launch
+    at all: no runtime, or the image needs a CVMFS repository known to be hung)."""
     if not image:
         return Decision(True, "no container image in the job: nothing to check")
     name = site_images.get(image)
@@ -92,7 +93,7 @@ def decide(image: str, site_images: Mapping[str, str], cached: Optional[Any], pe
     if result.ok:
         return Decision(True, f"image {image} launches (tested now in {result.seconds:.2f}s)")
     if node_fault:
-        return Decision(False, f"no container runtime on this node: {result.error}", requeue=True)
+        return Decision(False, f"this node cannot launch containers now: {result.error}", requeue=True)
     if name:
         return Decision(False, f"site image {name} ({image}) does not launch on this node now: {result.error}",
                         requeue=True)
@@ -102,7 +103,7 @@ def decide(image: str, site_images: Mapping[str, str], cached: Optional[Any], pe
 def prepare_job(config: Any, stdin_text: str) -> Decision:
     from startd_health.core.runner import BudgetedContext
     from startd_health.core.state import StateDir
-    from startd_health.system import inside
+    from startd_health.system import inside, launch_guard
     from startd_health.system.container import Launch, find_runtime, launch
 
     if not stdin_text.strip():
@@ -113,11 +114,19 @@ def prepare_job(config: Any, stdin_text: str) -> Decision:
     prefix = "CONTAINER_"
     settings = {k[len(prefix):].lower(): v for k, v in config.items_values() if k.startswith(prefix)}
     site_images = {entry.partition("=")[2]: entry.partition("=")[0] for entry in settings.get("images", ())}
-    cached = StateDir(config["STATE_DIR"]).load("container")
+    state = StateDir(config["STATE_DIR"])
+    cached = state.load("container")
     deadline = time.monotonic() + config["HOOK_TIMEOUT"]
-    ctx = BudgetedContext("container", settings, deadline, config.condor)
+    # The state directory's probe records are readable by job users: the
+    # guard reads there which CVMFS repositories the cvmfs probe found hung.
+    ctx = BudgetedContext("container", settings, deadline, config.condor, scratch_root=state.probes_dir)
 
     def launch_now():
+        # Never into a known-hung repository: the launch would hang until the
+        # hook's timeout and leave one unkillable process per job.
+        refused = launch_guard.refused(ctx, image, launch_guard.touched_repositories(settings, image))
+        if refused:
+            return Launch(image, image, False, 0.0, error=refused), True
         condor_path = config.condor.get("SINGULARITY") if config.condor is not None else None
         runtime, error = find_runtime(settings["runtime"], settings["module"], condor_path, ctx.run)
         if runtime is None:
