@@ -136,3 +136,15 @@ def test_the_hook_never_launches_into_a_repository_the_cvmfs_probe_found_hung(tm
     assert "HookStatusCode = 300" in proc.stdout                       # requeued: a node fault
     assert "CVMFS repository hung.example.org is hung" in proc.stdout
     assert not calls.exists()                                          # nothing launched into the trap
+
+
+def test_wrong_hook_arguments_do_not_hold_the_job(cli_env):
+    """A site's typo in HOOK_PREPARE_JOB_ARGS (the real CLI): the job starts unchecked, it is not held."""
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "startd_health", "hook", "prepare-job", "--no-such-option"],
+                          input='SingularityImage = "/x.sif"\n', env=cli_env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == EXIT_ACCEPT, proc.stderr
+    assert "was not checked" in proc.stdout and "HookStatusCode" not in proc.stdout
+    assert "--no-such-option" in proc.stderr                          # argparse's line, for the StartLog

@@ -62,6 +62,11 @@ def run() -> None:
         logging.getLogger("startd-health").exception("internal error")
         print(f"startd-health: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         code = EXIT_INTERNAL
+    if code != 0 and sys.argv[1:2] == ["hook"]:
+        # A non-zero exit of a PREPARE_JOB hook holds the job: wrong hook
+        # arguments are the site's fault, never the job's.
+        from startd_health.monitor.hook import not_checked
+        code = not_checked("the hook could not run (bad HOOK_PREPARE_JOB_ARGS?): see the StartLog").emit()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
