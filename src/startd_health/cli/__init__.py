@@ -61,7 +61,8 @@ def run() -> None:
         import logging
         logging.getLogger("startd-health").exception("internal error")
         print(f"startd-health: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        code = EXIT_INTERNAL
+        # check speaks the monitoring-plugin protocol, where 1 is "degraded": ours is "unknown"
+        code = 3 if sys.argv[1:2] == ["check"] else EXIT_INTERNAL
     if code != 0 and sys.argv[1:2] == ["hook"]:
         # A non-zero exit of a PREPARE_JOB hook holds the job: wrong hook
         # arguments are the site's fault, never the job's.
