@@ -15,6 +15,7 @@ intended, regenerate them and commit the diff:
 
 import json
 import os
+import re
 import platform
 
 import pytest
@@ -44,10 +45,23 @@ def recorded():
 
 
 def normalised(text):
-    """The versions of this build and of Python are not part of the format."""
-    return text.replace(f'"{__version__}"', '"<version>"').replace(
+    """The versions of this build and of Python are not part of the format;
+    nor is how a prometheus_client version spells a float (1.5e+10 or
+    1.5e+010): a sample's value is rewritten as Python's repr of it."""
+    text = text.replace(f'"{__version__}"', '"<version>"').replace(
         f'python="{platform.python_version()}"', 'python="<python>"').replace(
         f'version="{__version__}"', 'version="<version>"')
+    return re.sub(r"^([a-zA-Z_:][^ ]*(?:\{[^\n]*\})?) (\S+)$",
+                  lambda m: f"{m.group(1)} {float(m.group(2))!r}" if _is_number(m.group(2)) else m.group(0),
+                  text, flags=re.M)
+
+
+def _is_number(text):
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def check(name, text):
