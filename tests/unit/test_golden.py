@@ -124,4 +124,4 @@ def test_pool_metrics_of_slot_ads_carrying_the_recorded_cron_ad():
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Families())
-    check("pool.prom", generate_latest(registry).decode())
+    check("pool.prom", normalised(generate_latest(registry).decode()))
