@@ -105,7 +105,12 @@ def build_config(args: argparse.Namespace) -> Config:
 def selected_probes(config: Config) -> List[Any]:
     """The periodic probes to run: cron, check and the exporter never run an on-demand one."""
     classes = _probe_classes()
-    return [classes[n]() for n in config["PROBES"] if classes[n].periodic]
+    probes = [classes[n]() for n in config["PROBES"] if classes[n].periodic]
+    if not probes:  # running nothing would publish a healthy node that was never checked
+        raise ConfigError(f"STARTD_HEALTH_PROBES = {', '.join(config['PROBES'])} ({config.source('PROBES')}): "
+                          f"selects no periodic probe; name at least one of "
+                          f"{', '.join(n for n, c in classes.items() if c.periodic)}")
+    return probes
 
 
 def on_demand_results(config: Config) -> List[Any]:
@@ -148,11 +153,11 @@ def cmd_cron(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         config = build_config(args)
+        probes = selected_probes(config)
     except ConfigError as exc:
         log.error("%s", exc)
         _emit(render_failure(f"configuration error: {exc}", time.time()))
         return EXIT_CONFIG
-    probes = selected_probes(config)
     report = run_probes(probes, probe_settings(config, probes), config["DEADLINE"],
                         state=StateDir(config["STATE_DIR"]), force=args.force, condor=config.condor)
     verdict = judge(report.results)
@@ -197,10 +202,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     try:
         config = build_config(args)
+        probes = selected_probes(config)
     except ConfigError as exc:
         print(f"startd-health: error: {exc}", file=sys.stderr)
         return EXIT_UNKNOWN
-    probes = selected_probes(config)
     report = run_probes(probes, probe_settings(config, probes), config["DEADLINE"],
                         state=StateDir(config["STATE_DIR"]), force=args.force, condor=config.condor)
     verdict, now = judge(report.results), time.time()

@@ -25,7 +25,8 @@ import shutil
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence, Tuple
 
-from startd_health.core.config import Knob, format_args, parse_args, parse_bool, parse_list, parse_seconds, parse_string
+from startd_health.core.config import (Knob, format_args, parse_args, parse_bool, parse_list, parse_positive_seconds,
+                                       parse_string)
 from startd_health.core.model import Measurement, Probe, ProbeResult, Status
 from startd_health.system.procs import CommandResult, last_line
 
@@ -324,7 +325,7 @@ class ContainerProbe(Probe):
              "commas or spaces; the names are what jobs match on", "LIST"),
         Knob("CONTAINER_FLAGS", parse_args, parse_args(DEFAULT_FLAGS), "flags given to `exec` for each "
              "launch test", "FLAGS", format_args),
-        Knob("CONTAINER_LAUNCH_TIMEOUT", parse_seconds, 30.0, "budget for one image launch", "SECONDS"),
+        Knob("CONTAINER_LAUNCH_TIMEOUT", parse_positive_seconds, 30.0, "budget for one image launch", "SECONDS"),
         Knob("CONTAINER_BINDS", parse_list, (), "paths that must be present inside every image (bind mounts "
              "such as /cvmfs; give the matching --bind in CONTAINER_FLAGS if HTCondor adds it for jobs)", "LIST"),
         Knob("CONTAINER_CONDOR_IMAGE", parse_bool, True, "also launch the image HTCondor's SINGULARITY_IMAGE_EXPR "
