@@ -140,6 +140,24 @@ def test_failing_probe_refuses_new_jobs_until_the_node_is_healthy_again(pool):
     pool.wait_for(lambda: pool.job_status(second) == 4, 90, f"job {second} to complete")
 
 
+def test_a_config_file_the_cron_job_cannot_read_makes_the_node_unhealthy(pool):
+    """The startd (root) reads a config.d file that its cron job (condor) cannot. Before,
+    htcondor2's import exit(1)ed the job with no output and the last healthy verdict stayed
+    published until STARTD_HEALTH_MAX_AGE."""
+    our_slot(pool, StartdHealthOk=True)
+    inside = "/etc/condor/config.d/98-root-only.conf"
+    pool.write(inside, "STARTD_HEALTH_DEADLINE = 60\n", mode=0o600)
+    try:
+        pool.reconfig()
+        ad = our_slot(pool, "StartdHealthReason", StartdHealthOk=False)
+        assert "cannot be read as user condor" in ad["StartdHealthReason"], ad["StartdHealthReason"]
+        assert inside in ad["StartdHealthReason"], ad["StartdHealthReason"]
+    finally:
+        os.unlink(pool.path(inside))
+        pool.reconfig()
+    our_slot(pool, StartdHealthOk=True)
+
+
 def test_gate_expression_treats_stale_and_missing_verdicts_as_unusable(pool):
     """Evaluate the packaging's own STARTD_HEALTH_USABLE, as this HTCondor expands it."""
     expr = classad2.ExprTree(pool.enter("condor_config_val", "STARTD_HEALTH_USABLE").stdout.strip())

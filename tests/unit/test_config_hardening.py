@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 import pytest
 
@@ -244,7 +243,7 @@ def test_an_empty_probe_list_runs_the_default_probes(tmp_path, cli_env, where):
     else:
         args += ["--probes", " "]
     config = run_cli(["config", *args], env)
-    assert f"STARTD_HEALTH_PROBES" in config.stdout and f"= {DEFAULT_PROBES}    # default" in config.stdout, \
+    assert "STARTD_HEALTH_PROBES" in config.stdout and f"= {DEFAULT_PROBES}    # default" in config.stdout, \
         config.stdout + config.stderr
     # Before: no probe ran and the node was published healthy.
     ad = parse_cron_output(run_cli(["cron", *args], env).stdout)

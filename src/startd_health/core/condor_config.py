@@ -142,9 +142,17 @@ def _read_in_child(timeout: float) -> Tuple[str, Optional[Dict[str, str]], str]:
         import classad2  # noqa: F401
     except ImportError:
         pass
-    data_r, data_w = os.pipe()
-    out_r, out_w = os.pipe()
-    pid = os.fork()
+    try:
+        data_r, data_w = os.pipe()
+        out_r, out_w = os.pipe()
+    except OSError as exc:
+        return "", None, f"cannot start a process to read it: {exc.strerror or exc}"
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        for fd in (data_r, data_w, out_r, out_w):
+            os.close(fd)
+        return "", None, f"cannot start a process to read it: {exc.strerror or exc}"
     if pid == 0:
         os.close(data_r)
         os.close(out_r)
