@@ -44,52 +44,58 @@ MAX_SECONDS = 7 * 24 * 3600.0   # no period, budget or quarantine is longer than
 MIN_BUDGET_SECONDS = 1.0        # a budget below this fails every check it bounds
 
 
-def _format_seconds(value: float) -> str:
-    if value >= 86400 and value % 86400 == 0:
-        return f"{value / 86400:g} days"
-    return f"{value:g} s"
+class _Bounded:
+    """A number knob's parser: convert, then check the range (shown in the error)."""
+
+    minimum: Any
+    maximum: Any
+
+    def convert(self, text: str) -> Any:
+        raise NotImplementedError
+
+    def describe(self, value: Any) -> str:
+        return str(value)
+
+    def __call__(self, text: str) -> Any:
+        value = self.convert(text)
+        if not self.minimum <= value <= self.maximum:
+            raise ValueError(f"out of range: expected {self.range_text}")
+        return value
+
+    @property
+    def range_text(self) -> str:
+        return f"{self.describe(self.minimum)} to {self.describe(self.maximum)}"
 
 
 @dataclass(frozen=True)
-class Seconds:
-    """Parser of a duration knob (90, 90s, 5m, 1h) within [minimum, maximum]."""
+class Seconds(_Bounded):
+    """A duration (90, 90s, 5m, 1h) within [minimum, maximum]."""
 
     minimum: float = MIN_BUDGET_SECONDS
     maximum: float = MAX_SECONDS
 
-    def __call__(self, text: str) -> float:
+    def convert(self, text: str) -> float:
         match = _SECONDS.match(text)
         if not match:
             raise ValueError("expected a duration in seconds (e.g. 90, 90s, 5m, 1h)")
-        value = float(match.group(1)) * _UNITS[match.group(2).lower()]
-        if not self.minimum <= value <= self.maximum:
-            raise ValueError(f"out of range: expected {self.range_text}")
-        return value
+        return float(match.group(1)) * _UNITS[match.group(2).lower()]
 
-    @property
-    def range_text(self) -> str:
-        return f"{_format_seconds(self.minimum)} to {_format_seconds(self.maximum)}"
+    def describe(self, value: float) -> str:
+        return f"{value / 86400:g} days" if value >= 86400 and value % 86400 == 0 else f"{value:g} s"
 
 
 @dataclass(frozen=True)
-class Count:
-    """Parser of a whole-number knob within [minimum, maximum]."""
+class Count(_Bounded):
+    """A whole number within [minimum, maximum]."""
 
     minimum: int = 1
     maximum: int = 1000
 
-    def __call__(self, text: str) -> int:
+    def convert(self, text: str) -> int:
         try:
-            value = int(text.strip())
+            return int(text.strip())
         except ValueError:
             raise ValueError("expected a whole number") from None
-        if not self.minimum <= value <= self.maximum:
-            raise ValueError(f"out of range: expected {self.range_text}")
-        return value
-
-    @property
-    def range_text(self) -> str:
-        return f"a whole number from {self.minimum} to {self.maximum}"
 
 
 parse_seconds = Seconds(minimum=0.0)           # 0 allowed: the knob's "off"
