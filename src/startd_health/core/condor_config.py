@@ -6,8 +6,10 @@ the cron job runs as condor, an unreadable CONDOR_CONFIG, a syntax error such
 as a missing `endif` -- the C++ library prints to stderr and calls exit(1):
 no exception, no Python clean-up, and the startd gets an empty answer and
 keeps publishing the last (healthy) verdict until STARTD_HEALTH_MAX_AGE.
-(classad2's parse functions do the same; its import, quote() and ExprTree
-do not read the configuration, measured with the 25.14 wheel.)
+(Measured with the 25.14 PyPI wheel; Debian's 23.9 and 25.14 builds exit on
+a syntax error too, but skip an unreadable config.d file. classad2's parse
+functions read the configuration and exit the same way; its import, quote()
+and ExprTree do not.)
 
 So the configuration is read in a forked child: it imports the bindings,
 sends every value back as JSON through a pipe and exits; its stdout and
