@@ -2,6 +2,7 @@
 START gate, 25.14 with the STARTD_HEALTH_EXPRS variant), configured only
 through the project's own packaging/condor snippets, with real Apptainer."""
 
+import json
 import os
 import re
 import time
@@ -162,6 +163,35 @@ def test_failing_probe_refuses_new_jobs_until_the_node_is_healthy_again(pool):
     pool.wait_for(lambda: pool.job_status(second) in (2, 4), 120, f"job {second} to start once healthy")
     print(f"[{pool.variant}] repair -> job started in {time.monotonic() - t_repair:.1f}s")
     pool.wait_for(lambda: pool.job_status(second) == 4, 90, f"job {second} to complete")
+
+
+def test_a_config_file_the_cron_job_cannot_read_makes_the_node_unhealthy(pool):
+    """A config.d file with a syntax error appears (an edit not yet reconfig'ed: the
+    startd keeps its old configuration, but each cron job reads the files afresh).
+    Before, htcondor2's import exit(1)ed the job with no output and the last healthy
+    verdict stayed published until STARTD_HEALTH_MAX_AGE. (A config.d file only root
+    can read makes the PyPI wheel exit too, but Debian's build skips it: the unit
+    tests cover that case with the wheel.)"""
+    our_slot(pool, StartdHealthOk=True)
+
+    def unhealthy():
+        # HTCondor's tools cannot read the broken configuration either: ask the
+        # collector with an environment-only one.
+        out = pool.enter("env", "CONDOR_CONFIG=ONLY_ENV", f"_CONDOR_COLLECTOR_HOST=127.0.0.1:{pool.port}",
+                         "condor_status", "-json", "-attributes", "Name,StartdHealthOk,StartdHealthReason",
+                         timeout=30).stdout
+        ads = json.loads(out) if out.strip() else []
+        return next((ad for ad in ads if ad.get("StartdHealthOk") is False), None)
+
+    inside = "/etc/condor/config.d/98-broken.conf"
+    pool.write(inside, "if true\nSTARTD_HEALTH_DEADLINE = 60\n")   # no endif
+    try:
+        ad = pool.wait_for(unhealthy, 60, "an unhealthy verdict naming the broken file")
+        reason = ad["StartdHealthReason"]
+        assert "cannot be read as user condor: endif(s) not found" in reason and inside in reason, reason
+    finally:
+        os.unlink(pool.path(inside))
+    our_slot(pool, StartdHealthOk=True)
 
 
 def test_gate_expression_treats_stale_and_missing_verdicts_as_unusable(pool):

@@ -72,7 +72,12 @@ def build_config(args: argparse.Namespace) -> Config:
 def selected_probes(config: Config) -> List[Any]:
     """The periodic probes to run: cron, check and the exporter never run an on-demand one."""
     classes = probe_classes()
-    return [classes[n]() for n in config["PROBES"] if classes[n].periodic]
+    probes = [classes[n]() for n in config["PROBES"] if classes[n].periodic]
+    if not probes:  # running nothing would publish a healthy node that was never checked
+        raise ConfigError(f"STARTD_HEALTH_PROBES = {', '.join(config['PROBES'])} ({config.source('PROBES')}): "
+                          f"selects no periodic probe; name at least one of "
+                          f"{', '.join(n for n, c in classes.items() if c.periodic)}")
+    return probes
 
 
 def on_demand_results(config: Config) -> List[Any]:

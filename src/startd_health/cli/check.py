@@ -32,10 +32,10 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         config = build_config(args)
+        probes = selected_probes(config)
     except ConfigError as exc:
         print(f"startd-health: error: {exc}", file=sys.stderr)
         return EXIT_UNKNOWN
-    probes = selected_probes(config)
     report = run_probes(probes, probe_settings(config, probes), config["DEADLINE"],
                         state=StateDir(config["STATE_DIR"]), force=args.force, condor=config.condor)
     verdict, now = judge(report.results), time.time()

@@ -31,11 +31,11 @@ def main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
         config = build_config(args)
+        probes = selected_probes(config)
     except ConfigError as exc:
         log.error("%s", exc)
         emit(render_failure(f"configuration error: {exc}", time.time()))
         return EXIT_CONFIG
-    probes = selected_probes(config)
     report = run_probes(probes, probe_settings(config, probes), config["DEADLINE"],
                         state=StateDir(config["STATE_DIR"]), force=args.force, condor=config.condor)
     verdict = judge(report.results)

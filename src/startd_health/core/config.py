@@ -34,21 +34,72 @@ def parse_bool(text: str) -> bool:
 
 
 _SECONDS = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([smh]?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
+
+# Every number knob has a range: a value outside it is the usual one-line
+# configuration error, never a run that overflows a timer (a deadline of
+# 99999999999 s made threading raise OverflowError) or a budget so small that
+# every check fails for a reason that names no knob (a 0 s launch budget).
+MAX_SECONDS = 7 * 24 * 3600.0   # no period, budget or quarantine is longer than a week
+MIN_BUDGET_SECONDS = 1.0        # a budget below this fails every check it bounds
 
 
-def parse_seconds(text: str) -> float:
-    match = _SECONDS.match(text)
-    if not match:
-        raise ValueError("expected a duration in seconds (e.g. 90, 90s, 5m, 1h)")
-    value = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2).lower()]
-    return value
+class _Bounded:
+    """A number knob's parser: convert, then check the range (shown in the error)."""
+
+    minimum: Any
+    maximum: Any
+
+    def convert(self, text: str) -> Any:
+        raise NotImplementedError
+
+    def describe(self, value: Any) -> str:
+        return str(value)
+
+    def __call__(self, text: str) -> Any:
+        value = self.convert(text)
+        if not self.minimum <= value <= self.maximum:
+            raise ValueError(f"out of range: expected {self.range_text}")
+        return value
+
+    @property
+    def range_text(self) -> str:
+        return f"{self.describe(self.minimum)} to {self.describe(self.maximum)}"
 
 
-def parse_positive_seconds(text: str) -> float:
-    value = parse_seconds(text)
-    if value <= 0:
-        raise ValueError("expected a duration greater than zero")
-    return value
+@dataclass(frozen=True)
+class Seconds(_Bounded):
+    """A duration (90, 90s, 5m, 1h) within [minimum, maximum]."""
+
+    minimum: float = MIN_BUDGET_SECONDS
+    maximum: float = MAX_SECONDS
+
+    def convert(self, text: str) -> float:
+        match = _SECONDS.match(text)
+        if not match:
+            raise ValueError("expected a duration in seconds (e.g. 90, 90s, 5m, 1h)")
+        return float(match.group(1)) * _UNITS[match.group(2).lower()]
+
+    def describe(self, value: float) -> str:
+        return f"{value / 86400:g} days" if value >= 86400 and value % 86400 == 0 else f"{value:g} s"
+
+
+@dataclass(frozen=True)
+class Count(_Bounded):
+    """A whole number within [minimum, maximum]."""
+
+    minimum: int = 1
+    maximum: int = 1000
+
+    def convert(self, text: str) -> int:
+        try:
+            return int(text.strip())
+        except ValueError:
+            raise ValueError("expected a whole number") from None
+
+
+parse_seconds = Seconds(minimum=0.0)           # 0 allowed: the knob's "off"
+parse_positive_seconds = Seconds()              # periods and budgets: at least MIN_BUDGET_SECONDS
 
 
 def parse_list(text: str) -> Tuple[str, ...]:
@@ -150,71 +201,28 @@ def condor_config_present(environ: Mapping[str, str] = os.environ) -> bool:
 class CondorParams:
     """Lookup of HTCondor configuration; empty when there is none (standalone).
 
-    Through the Python bindings when they import; otherwise (a pilot whose
-    Python has no bindings) through one `condor_config_val -dump -expand`.
+    Read once, in a child process (core.condor_config: the bindings exit the
+    process when the configuration is broken), through the Python bindings
+    when they import, otherwise through `condor_config_val -dump -expand`.
+    A configuration that exists but cannot be read is a ConfigError.
     """
 
     def __init__(self, use_condor: Optional[bool] = None) -> None:
         self.available = condor_config_present() if use_condor is None else use_condor
         self.via = ""
-        self._param: Any = None
+        self._params: Dict[str, str] = {}
         if self.available:
-            self._param = _import_param()
-            self.via = "htcondor2" if self._param is not None else ""
-            if self._param is None:
-                self._param = _dump_config()
-                self.via = "condor_config_val" if self._param is not None else ""
-            self.available = self._param is not None
+            from startd_health.core.condor_config import read_condor_config
+            read = read_condor_config()
+            if read.error:
+                raise ConfigError(read.error)
+            self.via = read.via
+            self._params = read.params or {}
+            self.available = read.params is not None
 
     def get(self, name: str) -> Optional[str]:
-        if not self.available:
-            return None
-        try:
-            value = self._param.get(name)
-        except Exception:  # the bindings raise on some malformed values
-            return None
-        return None if value is None else str(value)
-
-
-_DUMP_LINE = re.compile(r"^([A-Za-z0-9_.]+) = (.*)$")
-
-
-class _DumpedParams(dict):
-    def get(self, name: str, default: Any = None) -> Any:  # HTCondor names are case-insensitive
-        return super().get(name.upper(), default)
-
-
-def _dump_config() -> Optional[_DumpedParams]:
-    import shutil
-
-    from startd_health.system.procs import run_command
-    tool = shutil.which("condor_config_val")
-    if not tool:
-        return None
-    result = run_command([tool, "-dump", "-expand"], timeout=15)
-    if not result.ok:
-        return None
-    params = _DumpedParams()
-    for line in result.stdout.splitlines():
-        match = _DUMP_LINE.match(line)
-        if match:
-            params[match.group(1).upper()] = match.group(2).strip()
-    return params
-
-
-def _import_param() -> Any:
-    # Imported here, not at module level: it costs tens of milliseconds and
-    # only the commands that read HTCondor's configuration need it.
-    try:
-        import htcondor2
-        return htcondor2.param
-    except ImportError:
-        pass
-    try:  # HTCondor < 24 bindings (Debian trixie ships 23.9 with both)
-        import htcondor  # type: ignore[import-not-found]
-        return htcondor.param
-    except ImportError:
-        return None
+        # HTCondor's names are case-insensitive.
+        return self._params.get(name.upper()) if self.available else None
 
 
 class Config:
@@ -246,6 +254,7 @@ def load_config(
 ) -> Config:
     """Resolve every knob: flag > environment/HTCondor config > derived default > default.
 
+    An empty (or blank) value at any level means the default, as in HTCondor.
     Raises ConfigError naming the knob, the bad value and where it came from.
     """
     settings: Dict[str, Setting] = {}
@@ -260,18 +269,18 @@ def load_config(
             value = condor.get(knob.param_name)
             if value is not None:
                 raw, source = value, f"HTCondor config {knob.param_name}"
-        if raw is not None:
+        if raw is not None and raw.strip():
             try:
                 settings[knob.name] = Setting(knob.parse(raw), source)
             except ValueError as exc:
                 raise ConfigError(f"{knob.param_name} = {raw!r} ({source}): {exc}") from None
             continue
+        # Empty is unset, as in HTCondor: the default, never "check nothing"
+        # (an empty probe list once ran no probe and published a healthy node).
         derive = derived_defaults.get(knob.name)
         derived = derive(condor) if derive else None
-        if derived is not None:
-            settings[knob.name] = Setting(derived[0], derived[1])
-        else:
-            settings[knob.name] = Setting(knob.default, "default")
+        value, why = derived if derived is not None else (knob.default, "default")
+        settings[knob.name] = Setting(value, f"{why}; {source} is empty" if raw is not None else why)
     return Config(settings, condor)
 
 

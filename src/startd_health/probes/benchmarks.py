@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple
 
-from startd_health.core.config import Knob, parse_bool, parse_list, parse_positive_seconds
+from startd_health.core.config import Count, Knob, parse_bool, parse_list, parse_positive_seconds
 from startd_health.core.model import Measurement, Probe, ProbeContext, ProbeResult, Status
 from startd_health.system import procfs
 from startd_health.system.procs import last_line
@@ -66,20 +66,12 @@ BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THR
 
 def parse_kinds(text: str) -> Tuple[str, ...]:
     kinds = parse_list(text)
+    if not kinds:
+        raise ValueError(f"names no benchmark (known: {', '.join(KINDS)})")
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         raise ValueError(f"unknown benchmark {', '.join(unknown)} (known: {', '.join(KINDS)})")
     return tuple(k for k in KINDS if k in kinds)
-
-
-def parse_positive_int(text: str) -> int:
-    try:
-        value = int(text.strip())
-    except ValueError:
-        raise ValueError("expected a whole number") from None
-    if value < 1:
-        raise ValueError("expected a whole number of at least 1")
-    return value
 
 
 # ---------------------------------------------------------------- normalisation (pure)
@@ -330,7 +322,7 @@ class BenchmarksProbe(Probe):
              "memory", "LIST"),
         Knob("BENCHMARKS_FAST", parse_bool, False, "short mode for frequent runs: DB12 passes of 1/10 the draws "
              "(still in DB12 units, noisier), matmul and memory measure for at most 2 s each", "BOOL"),
-        Knob("BENCHMARKS_DB12_PASSES", parse_positive_int, 1, "measured DB12 passes per copy (after the "
+        Knob("BENCHMARKS_DB12_PASSES", Count(1, 1000), 1, "measured DB12 passes per copy (after the "
              "discarded warm-up pass), as DB12's --iterations", "N"),
         Knob("BENCHMARKS_DB12_SECONDS", parse_positive_seconds, 180.0, "budget for DB12, one copy then one "
              "copy per core; a run that cannot fit says so", "SECONDS"),
@@ -338,7 +330,7 @@ class BenchmarksProbe(Probe):
              "one thread then one BLAS thread per core (getting ready comes on top)", "SECONDS"),
         Knob("BENCHMARKS_MEMORY_SECONDS", parse_positive_seconds, 20.0, "measuring time for memory bandwidth, "
              "one core then one copy per core (getting ready, writing the arrays, comes on top)", "SECONDS"),
-        Knob("BENCHMARKS_MEMORY_ARRAY_MIB", parse_positive_int, 128, "size (MiB) of each of the three arrays "
+        Knob("BENCHMARKS_MEMORY_ARRAY_MIB", Count(1, 65536), 128, "size (MiB) of each of the three arrays "
              "of the one-core memory run; the whole-node copies share it, each at least 16: keep it well above "
              "the CPU caches", "MIB"),
     )

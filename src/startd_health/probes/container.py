@@ -21,7 +21,8 @@ import time
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from startd_health.core.config import Knob, format_args, parse_args, parse_bool, parse_list, parse_seconds, parse_string
+from startd_health.core.config import (Knob, format_args, parse_args, parse_bool, parse_list, parse_positive_seconds,
+                                       parse_string)
 from startd_health.core.model import Measurement, Probe, ProbeContext, ProbeResult, Status
 from startd_health.system import container as runtimes
 from startd_health.system import inside
@@ -221,7 +222,7 @@ class ContainerProbe(Probe):
              "commas or spaces; the names are what jobs match on", "LIST"),
         Knob("CONTAINER_FLAGS", parse_args, parse_args(DEFAULT_FLAGS), "flags given to `exec` for each "
              "launch test (the default is the OSG set)", "FLAGS", format_args),
-        Knob("CONTAINER_LAUNCH_TIMEOUT", parse_seconds, 30.0, "budget for one image launch", "SECONDS"),
+        Knob("CONTAINER_LAUNCH_TIMEOUT", parse_positive_seconds, 30.0, "budget for one image launch", "SECONDS"),
         Knob("CONTAINER_BINDS", parse_list, (), "paths that must be present inside every image (bind mounts "
              "such as `/cvmfs`; give the matching `--bind` in CONTAINER_FLAGS if HTCondor adds it for jobs)",
              "LIST"),

@@ -70,6 +70,9 @@ PASSTHROUGH_DRIVERS = ("vfio-pci", "pci-stub")
 _NO_DRIVER = re.compile(r"couldn't communicate with the NVIDIA driver|No devices were found", re.IGNORECASE)
 
 
+MAX_GPUS = 1024  # a bound, so that a typo is an error rather than a count no node has
+
+
 def parse_count(text: str) -> int:
     """A GPU count knob: empty or -1 = not set."""
     text = text.strip()
@@ -79,8 +82,8 @@ def parse_count(text: str) -> int:
         value = int(text)
     except ValueError:
         raise ValueError("expected a whole number of GPUs (or -1 for: work it out)") from None
-    if value < -1:
-        raise ValueError("expected a whole number of GPUs (or -1 for: work it out)")
+    if not -1 <= value <= MAX_GPUS:
+        raise ValueError(f"expected a whole number of GPUs up to {MAX_GPUS} (or -1 for: work it out)")
     return value
 
 
