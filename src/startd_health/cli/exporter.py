@@ -13,7 +13,8 @@ DESCRIPTION = ("Serve the node's probe results as Prometheus metrics on STARTD_H
 
 def main(args: argparse.Namespace) -> int:
     from startd_health.core.state import StateDir
-    from startd_health.monitor.exporter import NodeExporter, serve_configured
+    from startd_health.monitor.exporter import NodeExporter
+    from startd_health.monitor.serving import serve_configured
 
     if not args.debug:  # a daemon says when it starts and stops
         logging.getLogger().setLevel(logging.INFO)

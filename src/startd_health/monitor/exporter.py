@@ -20,7 +20,7 @@ from startd_health.core.runner import OVERRUN_GRACE_SECONDS, run_probes
 from startd_health.core.state import StateDir
 from startd_health.core.verdict import Verdict, judge
 from startd_health.monitor.metrics import PREFIX, ResultsCollector
-from startd_health.monitor.serving import LAUNCH_BUCKETS, ScheduledServer, serve_configured  # noqa: F401  (the CLI's import)
+from startd_health.monitor.serving import LAUNCH_BUCKETS, ScheduledServer
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """The heavy part of the benchmarks probe, run as a child process:
 
-    python -I -m startd_health.probes._bench_worker db12|matmul|memory '<json arguments>'
+    python -I _bench_worker.py db12|matmul|memory '<json arguments>'
 
-(with this package's parent on sys.path: benchmarks.worker_argv). It prints one
+(or its source with -c from a zipapp: system/programs.py). It prints one
 JSON line: raw timings, never judged figures (probes/benchmarks.py turns them
 into scores). Self-contained on purpose (standard library only, numpy imported
 only by the numpy benchmarks): it runs with -I, so neither the caller's

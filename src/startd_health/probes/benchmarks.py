@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple
@@ -38,14 +37,9 @@ from startd_health.core.config import Count, Knob, parse_bool, parse_list, parse
 from startd_health.core.model import Measurement, Probe, ProbeContext, ProbeResult, Status
 from startd_health.system import procfs
 from startd_health.system.procs import last_line
+from startd_health.system.programs import python_argv
 
-# The worker runs by module name with exactly this package's parent on sys.path, so that it
-# runs from a zipapp too (a file inside a zip cannot be run by path); -I keeps the caller's
-# PYTHON* variables and current directory out of what it measures.
-WORKER_MODULE = "startd_health.probes._bench_worker"
-PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-WORKER_BOOT = ("import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
-               f"runpy.run_module({WORKER_MODULE!r}, run_name='__main__')")
+WORKER = "_bench_worker.py"   # in this package; run as a program (system/programs.py), also from a zipapp
 KINDS = ("db12", "matmul", "memory")
 MODES = ("single", "wholenode")
 DB12_DRAWS = 12_500_000     # per pass; one pass = 1 kHS2k.s = 250 HS06.s (DB12's calibration)
@@ -134,10 +128,9 @@ def usable_cpus() -> int:
 
 
 def worker_argv(kind: str, args: Mapping[str, Any]) -> List[str]:
-    # Our own interpreter, with our -S if we have it (a pilot runs `python3 -S` to keep the
-    # node's site-packages out: then the numpy benchmarks say numpy is missing).
-    flags = "-IS" if sys.flags.no_site else "-I"
-    return [sys.executable or "python3", flags, "-c", WORKER_BOOT, PACKAGE_PARENT, kind, json.dumps(args)]
+    # Our own interpreter; with site-packages for numpy, unless we run without them
+    # (a pilot's `python3 -S`: then the numpy benchmarks say numpy is missing).
+    return python_argv(__package__, WORKER, kind, json.dumps(args), site_packages=True)
 
 
 def worker(ctx: ProbeContext, kind: str, args: Mapping[str, Any], seconds: float,
