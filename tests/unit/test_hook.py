@@ -148,3 +148,21 @@ def test_wrong_hook_arguments_do_not_hold_the_job(cli_env):
     assert proc.returncode == EXIT_ACCEPT, proc.stderr
     assert "was not checked" in proc.stdout and "HookStatusCode" not in proc.stdout
     assert "--no-such-option" in proc.stderr                          # argparse's line, for the StartLog
+
+
+def test_the_real_hook_holds_a_job_whose_own_image_does_not_launch(tmp_path, cli_env):
+    """Through the real CLI: the hold (exit 1) is the hook's decision and reaches HTCondor as such.
+    Simulated: the runtime, a script that fails every launch as Apptainer does on a truncated SIF."""
+    import subprocess
+    import sys
+    runtime = tmp_path / "apptainer"
+    runtime.write_text("#!/bin/sh\necho 'FATAL:   container creation failed: image driver mount failure' >&2\n"
+                       "exit 255\n")
+    runtime.chmod(0o755)
+    proc = subprocess.run([sys.executable, "-m", "startd_health", "hook", "prepare-job", "--no-condor-config",
+                           "--state-dir", str(tmp_path / "state"), "--container-runtime", str(runtime)],
+                          input='SingularityImage = "/home/u/broken.sif"\n', env=cli_env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == EXIT_HOLD, (proc.stdout, proc.stderr)
+    assert "the job's image /home/u/broken.sif does not launch on this node" in proc.stdout
+    assert "HookStatusCode" not in proc.stdout

@@ -52,9 +52,11 @@ def cron_main() -> None:
 
 def run() -> None:
     """Entry point for `startd-health`."""
+    ran = False   # the command itself decided the exit status (the hook: 1 holds the job on purpose)
     try:
         from startd_health.cli.app import main
         code = main()
+        ran = True
     except SystemExit as exc:  # argparse: --help, --version, usage errors
         code = exc.code if isinstance(exc.code, int) else EXIT_CONFIG
     except Exception as exc:
@@ -63,9 +65,9 @@ def run() -> None:
         print(f"startd-health: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         # check speaks the monitoring-plugin protocol, where 1 is "degraded": ours is "unknown"
         code = 3 if sys.argv[1:2] == ["check"] else EXIT_INTERNAL
-    if code != 0 and sys.argv[1:2] == ["hook"]:
+    if code != 0 and not ran and sys.argv[1:2] == ["hook"]:
         # A non-zero exit of a PREPARE_JOB hook holds the job: wrong hook
-        # arguments are the site's fault, never the job's.
+        # arguments (or our own crash) are the site's fault, never the job's.
         from startd_health.monitor.hook import not_checked
         code = not_checked("the hook could not run (bad HOOK_PREPARE_JOB_ARGS?): see the StartLog").emit()
     sys.stdout.flush()
