@@ -265,7 +265,9 @@ def test_an_empty_state_dir_is_the_default_not_the_current_directory(tmp_path, c
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     env = dict(cli_env, _CONDOR_STARTD_HEALTH_STATE_DIR="")
-    proc = subprocess.run([sys.executable, "-m", "startd_health", "cron", "--probes", "cvmfs"], env=env, cwd=str(cwd),
+    # standalone (no HTCondor configuration, whose $(SPOOL) would be the default)
+    proc = subprocess.run([sys.executable, "-m", "startd_health", "--no-condor-config", "cron", "--probes", "cvmfs"],
+                          env=env, cwd=str(cwd),
                           capture_output=True, text=True, timeout=60)
     assert parse_cron_output(proc.stdout)["StartdHealthOk"] is True, proc.stderr
     assert os.listdir(cwd) == []          # before: locks/ probes/ results/ appeared here
