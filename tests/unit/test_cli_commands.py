@@ -293,3 +293,18 @@ def test_the_cron_entry_imports_nothing_it_does_not_need(cli_env, tmp_path):
     for module in ("startd_health.monitor.pool_knobs", "startd_health.monitor.exporter_listen",
                    "startd_health.cli.docs", "prometheus_client", "apscheduler", "numpy"):
         assert module not in loaded
+
+
+@pytest.mark.bindings
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_no_condor_config_works_before_and_after_the_command(tmp_path, cli_env, where):
+    """`startd-health --no-condor-config cron` was parsed and then silently
+    overwritten by the command's own default (found in the root filesystems)."""
+    pytest.importorskip("htcondor2")
+    (tmp_path / "condor_config").write_text("STARTD_HEALTH_DEADLINE = 42\n")
+    cli_env["CONDOR_CONFIG"] = str(tmp_path / "condor_config")
+    args = ["--no-condor-config", "config", "DEADLINE"] if where == "before" else ["config", "--no-condor-config",
+                                                                                     "DEADLINE"]
+    assert run_cli(["config", "DEADLINE"], cli_env).stdout.strip() == "42"
+    proc = run_cli(args, cli_env)
+    assert proc.returncode == 0 and proc.stdout.strip() == "150", proc.stderr

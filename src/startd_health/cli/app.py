@@ -67,13 +67,21 @@ def add_command(sub: Any, common: argparse.ArgumentParser, command: Command) -> 
 
 def make_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     """The parser; only `command` (the one on the command line) is fully built."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-d", "--debug", action="store_true", help="log debugging messages to stderr")
-    common.add_argument("--no-condor-config", action="store_true",
-                        help="ignore HTCondor's configuration (use defaults and options only)")
+    def common_options(default: Any) -> argparse.ArgumentParser:
+        common = argparse.ArgumentParser(add_help=False)
+        common.add_argument("-d", "--debug", action="store_true", default=default,
+                            help="log debugging messages to stderr")
+        common.add_argument("--no-condor-config", action="store_true", default=default,
+                            help="ignore HTCondor's configuration (use defaults and options only)")
+        return common
+
+    # Accepted before and after the command. The command's copy has no default
+    # of its own: otherwise it would overwrite `startd-health --no-condor-config cron`'s.
+    common = common_options(argparse.SUPPRESS)
     parser = argparse.ArgumentParser(prog="startd-health", description=DESCRIPTION,
                                      epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common])
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     parents=[common_options(False)])
     parser.add_argument("-V", "--version", action="version", version=f"startd-health {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for entry in COMMANDS:
