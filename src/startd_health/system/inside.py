@@ -65,6 +65,8 @@ cvmfs_check() {
   else
     rc=$?
     err=${err%%"$cvmfs_nl"*}
+    # ls killed by a signal: the caller's timeout ended a listing that did not answer
+    if [ "$rc" -gt 128 ]; then err="no answer (hung mount or timed out)"; fi
     printf 'cvmfs %s fail %s\n' "$2" "${err:-ls exit $rc}"
   fi
 }
