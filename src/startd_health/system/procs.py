@@ -102,7 +102,6 @@ def _decode(data: Optional[bytes]) -> str:
 # process stuck on a mount may hold, so reading it never blocks.
 ProcessInfo = procfs.ProcessStat
 process_info = procfs.read_stat
-process_start_ticks = procfs.start_ticks
 
 
 def now_ticks() -> int:
@@ -394,7 +393,7 @@ def reap_orphans(since_ticks: int = 0) -> Tuple[int, ...]:
     _signal(victims, signal.SIGKILL)
     time.sleep(GONE_POLL_SECONDS if victims else 0)
     _reap(victims | _unreaped)
-    return tuple(sorted(pid for pid in victims if process_start_ticks(pid) is not None))
+    return tuple(sorted(pid for pid in victims if procfs.start_ticks(pid) is not None))
 
 
 def run_command(
@@ -435,7 +434,7 @@ def _run_command(argv: Sequence[str], timeout: float, env: Optional[Mapping[str,
     # What the command starts is not older than the command (at the clock's
     # resolution, 10 ms: a helper another command orphaned within the same
     # tick would be taken for this command's).
-    since = process_start_ticks(pgid) or now_ticks()
+    since = procfs.start_ticks(pgid) or now_ticks()
     with _live_lock:
         _live_groups[pgid] = since
         _spawning -= 1

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Iterable, Optional, Tuple
 
 from startd_health.core.state import write_atomic
-from startd_health.system.procs import process_start_ticks
+from startd_health.system.procfs import start_ticks as process_start_ticks
 
 log = logging.getLogger(__name__)
 
