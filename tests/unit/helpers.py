@@ -99,9 +99,10 @@ def probe_settings(probe: str, **overrides: Any) -> dict:
 
     classes = all_probes()
     cls = classes[probe]
-    prefix = probe.upper() + "_"
+    prefix = cls.prefix() + "_"
     settings = {"period": cls.default_period, "timeout": cls.default_timeout}
-    settings.update({k.name[len(prefix):].lower(): k.default for k in cls.knobs})
+    settings.update({(k.name[len(prefix):] if k.name.startswith(prefix) else k.name).lower(): k.default
+                     for k in cls.knobs})
     defaults = {k.name: k.default for other in classes.values() for k in other.knobs}
     settings.update({name.lower(): defaults[name] for name in cls.shared_knobs})
     unknown = set(overrides) - set(settings)

@@ -32,7 +32,7 @@ from startd_health.core.state import StateDir
 from startd_health.probes import all_probes, cvmfs
 from startd_health.probes.cvmfs import (CvmfsProbe, Failure, RepoCheck, is_cvmfs, judge, parse_repositories, parse_root,
                                        still_hung, updated_failures)
-from startd_health.system import procfs
+from startd_health.system import procfs, procs
 from startd_health.system.inside import CvmfsInside, cvmfs_section, parse_cvmfs
 from startd_health.system.procfs import Mount, parse_mounts
 from tests import cvmfs_sim as sim
@@ -184,7 +184,7 @@ def test_failures_are_remembered_refreshed_and_forgotten():
 
 def test_repo_budget_leaves_room_for_the_kill_sequence():
     assert cvmfs.repo_budget(20.0, 28.0) == 20.0                         # the knob when there is room
-    assert cvmfs.repo_budget(20.0, 10.0) == 10.0 - cvmfs.ESCALATION_SECONDS
+    assert cvmfs.repo_budget(20.0, 10.0) == 10.0 - procs.ESCALATION_SECONDS
     assert cvmfs.repo_budget(20.0, 2.5) == 2.5                           # too short to reserve anything
 
 
@@ -392,7 +392,7 @@ def test_hung_repo_is_abandoned_others_ok_and_no_child_piles_up(hung, site):
     assert result.status is Status.FAILED
     assert result.facts["repos_ok"] == (OASIS, "cms.cern.ch")
     assert result.facts["repos_failed"] == ("hung.example.org",)
-    repo_budget = probe_budget - cvmfs.ESCALATION_SECONDS
+    repo_budget = probe_budget - procs.ESCALATION_SECONDS
     timed_out = re.search(r"hung\.example\.org: ls timed out after ([0-9.]+)s \(hung mount, pid (\d+) unkillable\)",
                           result.reason)
     assert timed_out and repo_budget - 0.3 <= float(timed_out.group(1)) <= repo_budget, result.reason

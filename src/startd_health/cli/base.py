@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from startd_health.cli.knobs import MIN_DEADLINE, probe_classes, probe_knobs
-from startd_health.core.config import CondorParams, Config, ConfigError, load_config
+from startd_health.core.config import PREFIX, CondorParams, Config, ConfigError, load_config
 
 EXIT_OK, EXIT_INTERNAL, EXIT_CONFIG, EXIT_STATE = 0, 1, 2, 3
 EXIT_UNKNOWN = 3  # `check`: the monitoring-plugin "unknown" (0/1/2 are healthy/degraded/failed)
@@ -46,11 +46,62 @@ def require_packages(what: str, packages: Sequence[str], otherwise: str) -> None
                           f"install {'them' if len(missing) > 1 else 'it'}, or {otherwise}")
 
 
+_condor_params: Dict[bool, CondorParams] = {}
+
+
+def condor_params(no_condor_config: bool) -> CondorParams:
+    """HTCondor's configuration, read once per process (a forked child, ~10 ms):
+    learning the configured probes and resolving the knobs share it."""
+    if no_condor_config not in _condor_params:
+        _condor_params[no_condor_config] = CondorParams(False if no_condor_config else None)
+    return _condor_params[no_condor_config]
+
+
+def _flag_value(argv: Sequence[str], flag: str) -> Optional[str]:
+    """The last value argv gives option flag (`--flag VALUE` or `--flag=VALUE`), as argparse takes it."""
+    value = None
+    for index, arg in enumerate(argv):
+        if arg == flag and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif arg.startswith(flag + "="):
+            value = arg[len(flag) + 1:]
+    return value
+
+
+def learn_dynamic_probes(argv: Sequence[str]) -> None:
+    """Tell the probe registry which probes the configuration declares (site
+    checks), before the parser is built: their knobs become options like any
+    probe's. Reads a knob as load_config does: flag > _CONDOR_ environment >
+    HTCondor's configuration. A broken HTCondor configuration is left for
+    build_config to report; a bad site-check knob is kept by the registry
+    and reported by build_config too (cron: a complete unhealthy ad)."""
+    from startd_health.probes import configure
+    try:
+        condor: Optional[CondorParams] = condor_params("--no-condor-config" in argv)
+    except ConfigError:
+        condor = None
+
+    def lookup(name: str) -> Optional[Tuple[str, str]]:
+        flag = "--" + name.lower().replace("_", "-")
+        value = _flag_value(argv, flag)
+        if value is not None:
+            return value, f"command line {flag}"
+        if "_CONDOR_" + PREFIX + name in os.environ:
+            return os.environ["_CONDOR_" + PREFIX + name], f"environment _CONDOR_{PREFIX}{name}"
+        value = condor.get(PREFIX + name) if condor is not None else None
+        return (value, f"HTCondor config {PREFIX}{name}") if value is not None else None
+
+    configure(lookup)
+
+
 def build_config(args: argparse.Namespace) -> Config:
     """The running command's knobs (args.knobs), resolved: flag > environment/HTCondor > derived > default."""
+    from startd_health.probes import configuration_error
     knobs = args.knobs
     flags = {k.name: getattr(args, k.dest, None) for k in knobs}
-    condor = CondorParams(False if args.no_condor_config else None)
+    condor = condor_params(bool(args.no_condor_config))
+    if configuration_error():
+        raise ConfigError(configuration_error())
     config = load_config(knobs, flags, condor, {k.name: k.derive for k in knobs if k.derive is not None})
     names = {k.name for k in knobs}
     if "PROBES" in names:
@@ -73,6 +124,13 @@ def selected_probes(config: Config) -> List[Any]:
     """The periodic probes to run: cron, check and the exporter never run an on-demand one."""
     classes = probe_classes()
     probes = [classes[n]() for n in config["PROBES"] if classes[n].periodic]
+    unselected = [n for n, c in classes.items() if c.dynamic and n not in config["PROBES"]]
+    if unselected and not config.source("PROBES").startswith("command line"):
+        # configured, yet not run: say so rather than let it look checked
+        import logging
+        logging.getLogger("startd-health").warning(
+            "configured but not in STARTD_HEALTH_PROBES (%s), so not run: %s", config.source("PROBES"),
+            ", ".join(unselected))
     if not probes:  # running nothing would publish a healthy node that was never checked
         raise ConfigError(f"STARTD_HEALTH_PROBES = {', '.join(config['PROBES'])} ({config.source('PROBES')}): "
                           f"selects no periodic probe; name at least one of "
@@ -94,8 +152,9 @@ def probe_settings(config: Config, probes: Sequence[Any]) -> Dict[str, Mapping[s
     """Each probe's knobs, keyed without the probe's prefix: CONTAINER_IMAGES -> 'images'."""
     settings: Dict[str, Mapping[str, Any]] = {}
     for probe in probes:
-        prefix = probe.name.upper() + "_"
-        values = {k.name[len(prefix):].lower(): config[k.name] for k in probe_knobs(probe.name, type(probe))}
+        prefix = type(probe).prefix() + "_"
+        values = {(k.name[len(prefix):] if k.name.startswith(prefix) else k.name).lower(): config[k.name]
+                  for k in probe_knobs(probe.name, type(probe))}
         values.update({name.lower(): config[name] for name in type(probe).shared_knobs})
         settings[probe.name] = values
     return settings

@@ -82,7 +82,7 @@ CORE_GROUPS = (("general", "general", GENERAL), ("cron", "cron output", CRON_OUT
 
 def probe_knobs(name: str, cls: Any) -> Tuple[Knob, ...]:
     """A probe's knobs: _PERIOD and _TIMEOUT for every probe, then its own."""
-    upper = name.upper()
+    upper = cls.prefix()
     again = ("`startd-health benchmark` re-uses a younger result unless --force" if not cls.periodic
              else "else its last result is re-published with its age")
     return (
@@ -91,6 +91,12 @@ def probe_knobs(name: str, cls: Any) -> Tuple[Knob, ...]:
         Knob(f"{upper}_TIMEOUT", parse_positive_seconds, cls.default_timeout,
              f"budget for one run of the {name} probe", "SECONDS"),
     ) + tuple(cls.knobs)
+
+
+def dynamic_group() -> "Group":
+    """The knobs that declare probes (STARTD_HEALTH_SITE_CHECKS, ..._DIR)."""
+    from startd_health.probes import dynamic_knobs
+    return Group("site", "site checks", dynamic_knobs())
 
 
 def probe_classes() -> Dict[str, Any]:
@@ -120,6 +126,8 @@ def _selected(selectors: Iterable[str]) -> Tuple[set, set]:
     for selector in selectors:
         if selector in ("periodic probes", "on-demand probes"):
             periodic = selector == "periodic probes"
+            if periodic:
+                keys.add("site")
             for name, cls in probe_classes().items():
                 if cls.periodic == periodic:
                     keys.add(name)
@@ -143,7 +151,7 @@ def knob_groups(selectors: Sequence[str]) -> List[Group]:
         core.append(Group("pool", "pool exporter", _pool_knobs()))
     groups = core
     if everything or keys - {g.key for g in core} or names - {k.name for g in core for k in g.knobs}:
-        groups = core + [Group(name, f"{name} probe", probe_knobs(name, cls))
+        groups = core + [dynamic_group()] + [Group(name, f"{name} probe", probe_knobs(name, cls))
                          for name, cls in probe_classes().items()]
     chosen = []
     for group in groups:

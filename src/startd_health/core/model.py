@@ -38,12 +38,17 @@ class Measurement:
 
     Units are Prometheus base units spelled out (seconds, bytes, ratio, ...);
     labels distinguish several measurements of one kind within a probe.
+    family: a metric family several probes share (e.g. "site_check": every
+    site check's perfdata in one family, told apart by a probe label);
+    empty: the probe's own (startd_health_<probe>_<name>). ClassAd names are
+    per probe either way.
     """
 
     name: str
     value: float
     unit: str
     labels: Tuple[Tuple[str, str], ...] = ()
+    family: str = ""
 
     def __post_init__(self) -> None:
         if isinstance(self.labels, Mapping):
@@ -51,13 +56,17 @@ class Measurement:
 
     def to_json(self) -> Dict[str, Any]:
         value = self.value if math.isfinite(self.value) else None
-        return {"name": self.name, "value": value, "unit": self.unit, "labels": dict(self.labels)}
+        data = {"name": self.name, "value": value, "unit": self.unit, "labels": dict(self.labels)}
+        if self.family:
+            data["family"] = self.family
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "Measurement":
         value = data["value"]
         return cls(str(data["name"]), float("nan") if value is None else float(value),
-                   str(data["unit"]), tuple(sorted((str(k), str(v)) for k, v in data.get("labels", {}).items())))
+                   str(data["unit"]), tuple(sorted((str(k), str(v)) for k, v in data.get("labels", {}).items())),
+                   str(data.get("family", "")))
 
 
 def _fact_from_json(value: Any) -> Fact:
@@ -183,6 +192,16 @@ class Probe:
     # they arrive in ctx.settings under their lower-cased full name
     # (CVMFS_REPOSITORIES -> "cvmfs_repositories") and count for the cache.
     shared_knobs: ClassVar[Sequence[str]] = ()
+    # The prefix of the probe's _PERIOD and _TIMEOUT knobs and of the knobs
+    # whose settings keys lose it; empty: the name in upper case. A site
+    # check `disk` (probe site_disk) has SITE_CHECK_DISK_PERIOD.
+    knob_prefix: ClassVar[str] = ""
+    # True: made from configuration (probes/__init__.py configure), not a module of its own.
+    dynamic: ClassVar[bool] = False
+
+    @classmethod
+    def prefix(cls) -> str:
+        return cls.knob_prefix or cls.name.upper()
 
     def run(self, ctx: ProbeContext) -> ProbeResult:  # pragma: no cover - interface
         raise NotImplementedError

@@ -17,6 +17,10 @@ timestamps as `_timestamp_seconds`, no free text in labels.
   startd_health_<probe>_<item>_ok{<item>=...}           from the fact pair <items>_ok / <items>_failed (1/0)
   startd_health_<probe>_<items>_<state>{<item>=...}     other list facts, value 1 per item
   startd_health_<probe>_<measurement>[_<unit>]{labels}  measurements
+  startd_health_<family>_<measurement>[_<unit>]{probe,labels}  measurements several probes share
+                                                        (Measurement.family: every site check's
+                                                        startd_health_site_check_perfdata_bytes{probe,label})
+  ..._total                                             a measurement whose unit is "total" is a counter
   startd_health_build_info{version,python}
 
 prometheus_client is imported lazily by the callers' code paths only.
@@ -83,9 +87,11 @@ def families(results: Sequence[ProbeResult], verdict: Verdict) -> Iterator[Any]:
         last_run.add_metric([r.probe], r.ended_at)
         last_ok.add_metric([r.probe], r.last_success_at)
     yield from (success, status, duration, last_run, last_ok)
+    shared: Dict[str, Any] = {}
     for r in results:
         yield from _fact_families(r)
-        yield from _measurement_families(r)
+        yield from _measurement_families(r, shared)
+    yield from shared.values()
 
 
 def _fact_families(r: ProbeResult) -> Iterator[Any]:
@@ -128,19 +134,27 @@ def _list_facts(r: ProbeResult) -> List[Tuple[str, str, Tuple[str, ...], Tuple[s
     return out
 
 
-def _measurement_families(r: ProbeResult) -> Iterator[Any]:
-    from prometheus_client.core import GaugeMetricFamily
+def _measurement_families(r: ProbeResult, shared: Dict[str, Any]) -> Iterator[Any]:
+    """The probe's own measurement families; those of a shared family (the
+    probe as a label) are added to `shared`, yielded once after every probe."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
     by_name: Dict[str, Any] = {}
     for m in r.measurements:
         if not math.isfinite(m.value):
             continue
-        name = gauge_name(PREFIX, r.probe, m.name, m.unit)
-        family = by_name.get(name)
+        labels = ([("probe", r.probe)] if m.family else []) + list(m.labels)
+        counter = m.unit == "total"
+        parts = (PREFIX, m.family or r.probe, m.name) + (() if counter else (m.unit,))
+        name = metric_name(*parts) if counter else gauge_name(*parts)
+        families = shared if m.family else by_name
+        family = families.get(name)
         if family is None:
-            family = by_name[name] = GaugeMetricFamily(
-                name, f"{r.probe} probe: {m.name}" + (f" ({m.unit})" if m.unit else ""), labels=[k for k, _ in m.labels])
-        family.add_metric([v for _, v in m.labels], m.value)
+            what = f"{m.family} measurement" if m.family else f"{r.probe} probe"
+            kind = CounterMetricFamily if counter else GaugeMetricFamily
+            family = families[name] = kind(name, f"{what}: {m.name}" + (f" ({m.unit})" if m.unit else ""),
+                                           labels=[k for k, _ in labels])
+        family.add_metric([v for _, v in labels], m.value)
     yield from by_name.values()
 
 

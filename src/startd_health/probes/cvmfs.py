@@ -45,7 +45,7 @@ from startd_health.core.config import Knob, parse_list, parse_positive_seconds, 
 from startd_health.core.model import Measurement, Probe, ProbeContext, ProbeResult, Status
 from startd_health.system import procfs, stuck
 from startd_health.system.procfs import Mount
-from startd_health.system.procs import KILL_GRACE_SECONDS, REAP_WAIT_SECONDS, CommandResult
+from startd_health.system.procs import KILL_GRACE_SECONDS, REAP_WAIT_SECONDS, CommandResult, command_budget
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,6 @@ QUARANTINE_FILE = "quarantine.json"
 XATTRS = ("revision", "nioerr", "timestamp_last_ioerr", "fqrn", "version", "pid", "expires", "usedfd",
           "maxfd", "speed", "hitrate", "proxy", "host", "uptime", "nclg")
 MAX_XATTR_CHARS = 256
-# After a child's timeout: SIGTERM, KILL_GRACE_SECONDS, SIGKILL, REAP_WAIT_SECONDS, abandon.
-ESCALATION_SECONDS = KILL_GRACE_SECONDS + REAP_WAIT_SECONDS
-MIN_REPO_BUDGET = 1.0
 
 _REPO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -199,12 +196,9 @@ def parse_child_output(stdout: str) -> Optional[Dict[str, object]]:
 
 
 def repo_budget(timeout: float, remaining: float) -> float:
-    """The repository's timeout, shortened when the probe's budget is short so
-    that a hung child's whole TERM/KILL/abandon sequence still ends within
-    that budget: the runner's grace after it is a safety net, not ours to
-    spend. Below a second that reserve is not taken (a check needs time)."""
-    reserved = min(timeout, remaining - ESCALATION_SECONDS)
-    return reserved if reserved >= MIN_REPO_BUDGET else min(timeout, remaining)
+    """The repository's timeout, shortened to fit the probe's budget with a
+    hung child's kill sequence (procs.command_budget)."""
+    return command_budget(remaining, timeout)
 
 
 def check_repo(ctx: ProbeContext, repo: str, path: str, timeout: float) -> RepoCheck:

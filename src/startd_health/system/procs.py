@@ -43,6 +43,22 @@ POLL_SECONDS = 0.5            # how often a running command is checked for havin
 GONE_POLL_SECONDS = 0.02      # how often killed processes are checked for having gone
 
 
+# After a command's timeout: SIGTERM, KILL_GRACE_SECONDS, SIGKILL,
+# REAP_WAIT_SECONDS, abandon.
+ESCALATION_SECONDS = KILL_GRACE_SECONDS + REAP_WAIT_SECONDS
+MIN_COMMAND_BUDGET = 1.0
+
+
+def command_budget(remaining: float, wanted: Optional[float] = None) -> float:
+    """A command's timeout (wanted, else what is left), shortened so that a
+    hung command's whole TERM/KILL/abandon sequence still ends within the
+    remaining budget: the runner's grace after it is a safety net, not ours
+    to spend. Below MIN_COMMAND_BUDGET that reserve is not taken (a check needs time)."""
+    wanted = remaining if wanted is None else wanted
+    reserved = min(wanted, remaining - ESCALATION_SECONDS)
+    return reserved if reserved >= MIN_COMMAND_BUDGET else min(wanted, remaining)
+
+
 @dataclass(frozen=True)
 class CommandResult:
     argv: Sequence[str]
