@@ -179,6 +179,29 @@ def node_dashboard() -> dict:
             series("CVMFS repositories", "bool_yes_no", "1 when the repository is usable on the node.",
                    query(f"startd_health_cvmfs_repo_ok{{{sel}}}", "{{instance}} {{repo}}"), w=24),
         ]),
+        ("Site checks", [
+            listing("Site checks", "none", "Each site check's status (a check named NAME is the probe site_NAME: "
+                    "STARTD_HEALTH_SITE_CHECKS) and its exit status, per node.",
+                    query(f'startd_health_probe_status{{{sel}, probe=~"site_.+"}} == 1', instant=True,
+                          fmt=PromQueryFormat.TABLE),
+                    query(f"startd_health_site_check_exit_code{{{sel}}}", instant=True, fmt=PromQueryFormat.TABLE,
+                          ref="B")),
+            series("Site checks passing", "bool_yes_no", "1 unless the site check failed (Nagios CRITICAL, "
+                   "node-problem-detector NonOK, timed out or could not run).",
+                   query(f'startd_health_probe_success{{{sel}, probe=~"site_.+"}}', "{{instance}} {{probe}}")),
+            series("Site check performance data: bytes", "bytes", "Nagios performance data in bytes (B, KB, MB, "
+                   "... converted), per check and label.",
+                   query(f"startd_health_site_check_perfdata_bytes{{{sel}}}", "{{instance}} {{probe}} {{label}}")),
+            series("Site check performance data: seconds", "s", "Nagios performance data in seconds (s, ms, us "
+                   "converted), per check and label.",
+                   query(f"startd_health_site_check_perfdata_seconds{{{sel}}}", "{{instance}} {{probe}} {{label}}")),
+            series("Site check performance data: ratios", "percentunit", "Nagios performance data given in %, as "
+                   "ratios (0-1), per check and label.",
+                   query(f"startd_health_site_check_perfdata_ratio{{{sel}}}", "{{instance}} {{probe}} {{label}}")),
+            series("Site check performance data: unitless", "short", "Nagios performance data without a unit "
+                   "(load averages, process counts, ...), per check and label.",
+                   query(f"startd_health_site_check_perfdata{{{sel}}}", "{{instance}} {{probe}} {{label}}")),
+        ]),
         ("Exporter", [
             series("Exporter memory", "bytes", "Resident memory of `startd-health exporter`.",
                    query(f"process_resident_memory_bytes{{{sel}}} and on (instance) startd_health_build_info",

@@ -162,12 +162,25 @@ def stack(tmp_path_factory):
         s.dead = f"127.0.0.1:{free_port()}"          # nothing listens there: refused at once
         s.collector = collector
         s.silent = f"127.0.0.1:{silent.port}"
-        s.node = start(["exporter", "--no-condor-config", "--state-dir", str(tmp / "state"), "--probes", "container",
+        # Site checks (the site-checks panels and rules need them): Debian's real
+        # monitoring-plugins, and a SIMULATED check printing perfdata in ms and %.
+        (tmp / "units.out").write_text("OK: simulated | rtt=12ms used=45%\n")
+        units = tmp / "units.sh"
+        units.write_text(f"#!/bin/sh\ncat {tmp / 'units.out'}\n")
+        units.chmod(0o755)
+        site_checks = {"disk": "/usr/lib/nagios/plugins/check_disk -w 10% -c 5% -p /",
+                       "load": "/usr/lib/nagios/plugins/check_load -w 50,40,30 -c 100,80,60",
+                       "units": str(units), "gone": "/nonexistent/check_gone"}
+        site_flags = ["--site-checks", " ".join(site_checks)]
+        for name, command in site_checks.items():
+            site_flags += [f"--site-check-{name}", command, f"--site-check-{name}-period", "2"]
+        s.node = start(["exporter", "--no-condor-config", "--state-dir", str(tmp / "state"),
+                        "--probes", "container " + " ".join(f"site_{n}" for n in site_checks),
                         "--container-runtime", str(runtime), "--container-period", "2",
                         "--container-images", "el9=/img/el9.sif,broken=/img/broken.sif",
                         # the broken image must make the node unhealthy (the rules and panels need one)
                         "--container-requirement", "REQUIRED",
-                        "--exporter-listen", f"127.0.0.1:{s.node_port}"])
+                        "--exporter-listen", f"127.0.0.1:{s.node_port}", *site_flags])
         procs.append(s.node)
         s.pool_exporter = start(["pool-exporter", "--no-condor-config", "--pool-collectors", f"{s.dead},{collector}",
                                  "--pool-interval", "2", "--pool-query-timeout", "5",
