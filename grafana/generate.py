@@ -189,18 +189,10 @@ def node_dashboard() -> dict:
             series("Site checks passing", "bool_yes_no", "1 unless the site check failed (Nagios CRITICAL, "
                    "node-problem-detector NonOK, timed out or could not run).",
                    query(f'startd_health_probe_success{{{sel}, probe=~"site_.+"}}', "{{instance}} {{probe}}")),
-            series("Site check performance data: bytes", "bytes", "Nagios performance data in bytes (B, KB, MB, "
-                   "... converted), per check and label.",
-                   query(f"startd_health_site_check_perfdata_bytes{{{sel}}}", "{{instance}} {{probe}} {{label}}")),
-            series("Site check performance data: seconds", "s", "Nagios performance data in seconds (s, ms, us "
-                   "converted), per check and label.",
-                   query(f"startd_health_site_check_perfdata_seconds{{{sel}}}", "{{instance}} {{probe}} {{label}}")),
-            series("Site check performance data: ratios", "percentunit", "Nagios performance data given in %, as "
-                   "ratios (0-1), per check and label.",
-                   query(f"startd_health_site_check_perfdata_ratio{{{sel}}}", "{{instance}} {{probe}} {{label}}")),
-            series("Site check performance data: unitless", "short", "Nagios performance data without a unit "
-                   "(load averages, process counts, ...), per check and label.",
-                   query(f"startd_health_site_check_perfdata{{{sel}}}", "{{instance}} {{probe}} {{label}}")),
+            *(series(f"Site check performance data: {what}", unit, f"Nagios performance data {how}, per check and "
+                     "label.", query(f"startd_health_site_check_perfdata{suffix}{{{sel}}}",
+                                     "{{instance}} {{probe}} {{label}}"))
+              for suffix, what, unit, how in SITE_PERFDATA),
         ]),
         ("Exporter", [
             series("Exporter memory", "bytes", "Resident memory of `startd-health exporter`.",
@@ -211,6 +203,14 @@ def node_dashboard() -> dict:
                          "startd_health_build_info", "{{instance}}")),
         ]),
     ])
+
+
+SITE_PERFDATA = (  # (metric suffix, title, unit, what it holds): one panel per base unit
+    ("_bytes", "bytes", "bytes", "in bytes (B, KB, MB, ... converted)"),
+    ("_seconds", "seconds", "s", "in seconds (s, ms, us converted)"),
+    ("_ratio", "ratios", "percentunit", "given in %, as ratios (0-1)"),
+    ("", "unitless", "short", "without a unit (load averages, process counts, ...)"),
+)
 
 
 # ---------------------------------------------------------------- pool dashboard

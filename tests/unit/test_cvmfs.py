@@ -24,13 +24,14 @@ from dataclasses import replace
 
 import pytest
 
+from startd_health.core.config import parse_absolute_path
 from startd_health.core.model import Status
 from startd_health.system.procs import run_command
 from startd_health.system.stuck import Stuck
 from startd_health.core.runner import OVERRUN_GRACE_SECONDS, run_probes
 from startd_health.core.state import StateDir
 from startd_health.probes import all_probes, cvmfs
-from startd_health.probes.cvmfs import (CvmfsProbe, Failure, RepoCheck, is_cvmfs, judge, parse_repositories, parse_root,
+from startd_health.probes.cvmfs import (CvmfsProbe, Failure, RepoCheck, is_cvmfs, judge, parse_repositories,
                                        still_hung, updated_failures)
 from startd_health.system import procfs, procs
 from startd_health.system.inside import CvmfsInside, cvmfs_section, parse_cvmfs
@@ -62,9 +63,9 @@ def test_parse_repositories_and_root():
     for bad in ("../etc", "a/b", "x;rm", "-rf"):
         with pytest.raises(ValueError, match="not a repository name"):
             parse_repositories(bad)
-    assert parse_root(" /cvmfs/ ") == "/cvmfs"
+    assert parse_absolute_path(" /cvmfs/ ") == "/cvmfs"
     with pytest.raises(ValueError, match="absolute"):
-        parse_root("cvmfs")
+        parse_absolute_path("cvmfs")
 
 
 def test_parse_mounts_like_the_kernel_writes_them():

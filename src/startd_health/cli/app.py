@@ -104,7 +104,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args_in: List[str] = list(sys.argv[1:] if argv is None else argv)
     args_in = [SINGLE_DASH.get(arg, arg) for arg in args_in]
     command = command_in(args_in)
-    if command is not None and set(BY_NAME[command].knobs) & {"periodic probes", "all"}:
+    if command is not None and (set(BY_NAME[command].knobs) & {"periodic probes", "all"} or command == "probes"):
         from startd_health.cli.base import learn_dynamic_probes
         learn_dynamic_probes(args_in)
     parser = make_parser(command)

@@ -122,6 +122,13 @@ def parse_string(text: str) -> str:
     return text.strip()
 
 
+def parse_absolute_path(text: str) -> str:
+    path = text.strip()
+    if not os.path.isabs(path):
+        raise ValueError("expected an absolute path")
+    return os.path.normpath(path)
+
+
 def format_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from startd_health.core.config import Knob, parse_list, parse_positive_seconds, parse_seconds
+from startd_health.core.config import Knob, parse_absolute_path, parse_list, parse_positive_seconds, parse_seconds
 from startd_health.core.model import Measurement, Probe, ProbeContext, ProbeResult, Status
 from startd_health.system import procfs, stuck
 from startd_health.system.procfs import Mount
@@ -105,13 +105,6 @@ def parse_repositories(text: str) -> Tuple[str, ...]:
         if repo not in repos:
             repos.append(repo)
     return tuple(repos)
-
-
-def parse_root(text: str) -> str:
-    path = text.strip()
-    if not os.path.isabs(path):
-        raise ValueError("expected an absolute path")
-    return os.path.normpath(path)
 
 
 # ---------------------------------------------------------------- facts
@@ -393,7 +386,7 @@ class CvmfsProbe(Probe):
     knobs = (
         Knob("CVMFS_REPOSITORIES", parse_repositories, (), "repositories to check, separated by commas or "
              "spaces (e.g. `oasis.opensciencegrid.org, cms.cern.ch`)", "LIST", default_text="none (probe skipped)"),
-        Knob("CVMFS_ROOT", parse_root, DEFAULT_ROOT, "where the repositories are mounted", "PATH"),
+        Knob("CVMFS_ROOT", parse_absolute_path, DEFAULT_ROOT, "where the repositories are mounted", "PATH"),
         Knob("CVMFS_REPO_TIMEOUT", parse_positive_seconds, 20.0, "budget for one repository (listing + extended "
              "attributes, in a child process); shortened to fit the probe's budget; a check that hangs is "
              "abandoned and the repository failed", "SECONDS"),

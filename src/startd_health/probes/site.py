@@ -31,7 +31,7 @@ import re
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
-from startd_health.core.config import ConfigError, Knob, parse_list
+from startd_health.core.config import ConfigError, Knob, parse_absolute_path, parse_list
 from startd_health.core.model import Measurement, Probe, ProbeContext, ProbeResult, Status
 
 PROBE_PREFIX = "site_"
@@ -110,13 +110,6 @@ def parse_names(text: str) -> Tuple[str, ...]:
     return tuple(names)
 
 
-def parse_dir(text: str) -> str:
-    path = text.strip()
-    if not os.path.isabs(path):
-        raise ValueError("expected an absolute path")
-    return os.path.normpath(path)
-
-
 # The knobs that say which checks exist: read before any other knob (the
 # others' names depend on them), so they belong to no probe.
 DYNAMIC_KNOBS = (
@@ -124,7 +117,7 @@ DYNAMIC_KNOBS = (
          "check NAME runs `STARTD_HEALTH_SITE_CHECK_<NAME>` (with optional `_ARGS`, `_PERIOD`, `_TIMEOUT`, "
          "`_PROTOCOL` = nagios or npd) and is the probe `site_<name>`", "LIST",
          default_text="none (no site checks)"),
-    Knob("SITE_CHECKS_DIR", parse_dir, "", "every executable file in this (local) directory is a site check "
+    Knob("SITE_CHECKS_DIR", parse_absolute_path, "", "every executable file in this (local) directory is a site check "
          "too, named after the file without its extension (`check_nfs.sh` -> `site_check_nfs`)", "DIR",
          default_text="none"),
 )
