@@ -46,15 +46,28 @@ def require_packages(what: str, packages: Sequence[str], otherwise: str) -> None
                           f"install {'them' if len(missing) > 1 else 'it'}, or {otherwise}")
 
 
-_condor_params: Dict[bool, CondorParams] = {}
+# What learn_dynamic_probes read of HTCondor's configuration (CondorParams,
+# or the ConfigError reading it raised), for the build_config that follows:
+# one read per command, yet a long-lived caller that builds its Config again
+# (after a reconfig) reads the configuration afresh.
+_learnt_condor: Dict[bool, Any] = {}
 
 
-def condor_params(no_condor_config: bool) -> CondorParams:
-    """HTCondor's configuration, read once per process (a forked child, ~10 ms):
-    learning the configured probes and resolving the knobs share it."""
-    if no_condor_config not in _condor_params:
-        _condor_params[no_condor_config] = CondorParams(False if no_condor_config else None)
-    return _condor_params[no_condor_config]
+def condor_params(no_condor_config: bool, keep: bool = False) -> CondorParams:
+    """HTCondor's configuration (a forked child, ~10 ms; up to its timeout
+    when an `include command` hangs): the copy learn_dynamic_probes read
+    (used once), else read now. keep: leave it for the next caller."""
+    found = _learnt_condor.pop(no_condor_config, None)
+    if found is None:
+        try:
+            found = CondorParams(False if no_condor_config else None)
+        except ConfigError as exc:
+            found = exc
+    if keep:
+        _learnt_condor[no_condor_config] = found
+    if isinstance(found, ConfigError):
+        raise found
+    return found
 
 
 def _flag_value(argv: Sequence[str], flag: str) -> Optional[str]:
@@ -77,7 +90,7 @@ def learn_dynamic_probes(argv: Sequence[str]) -> None:
     and reported by build_config too (cron: a complete unhealthy ad)."""
     from startd_health.probes import configure
     try:
-        condor: Optional[CondorParams] = condor_params("--no-condor-config" in argv)
+        condor: Optional[CondorParams] = condor_params("--no-condor-config" in argv, keep=True)
     except ConfigError:
         condor = None
 
