@@ -342,14 +342,19 @@ def test_check_disk_perfdata_are_metrics_that_pass_promtool(cli_env, tmp_path):
     env["_CONDOR_STARTD_HEALTH_TEXTFILE_DIR"] = str(textfiles)
     proc = run_cli(["--no-condor-config", "--probes", "site_disk site_load"], env, entry="cron")
     ad = parse_cron_output(proc.stdout)
-    assert ad["StartdHealthSiteDiskOk"] is True and ad["StartdHealthSiteDiskPerfdataBytes__"] > 0
     assert 0 <= ad["StartdHealthSiteLoadPerfdata_load1"] < 1000
     body = (textfiles / "startd_health.prom").read_text()
-    assert re.search(r'^startd_health_site_check_perfdata_bytes\{label="/",probe="site_disk"\} [0-9.e+]+$', body,
-                     re.MULTILINE), body
+    # check_disk finds mount points in /etc/mtab: a bare root filesystem without
+    # one (the Python 3.9 run's minbase bullseye) gets "DISK CRITICAL: / not found".
+    if os.path.exists("/etc/mtab"):
+        assert ad["StartdHealthSiteDiskOk"] is True and ad["StartdHealthSiteDiskPerfdataBytes__"] > 0
+        assert re.search(r'^startd_health_site_check_perfdata_bytes\{label="/",probe="site_disk"\} [0-9.e+]+$',
+                         body, re.MULTILINE), body
+    else:
+        assert ad["StartdHealthSiteDiskReason"] == "DISK CRITICAL: / not found"
     assert re.search(r'^startd_health_site_check_perfdata\{label="load15",probe="site_load"\} ', body, re.MULTILINE)
-    assert 'startd_health_site_check_exit_code{probe="site_disk"} 0.0' in body
-    assert 'startd_health_probe_success{probe="site_disk"} 1.0' in body
+    assert 'startd_health_site_check_exit_code{probe="site_load"} 0.0' in body
+    assert 'startd_health_probe_success{probe="site_load"} 1.0' in body
     if shutil.which("promtool"):   # Prometheus' own linter, when installed (./dev test installs it)
         lint = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, text=True, timeout=30)
         assert lint.returncode == 0, lint.stdout + lint.stderr
@@ -368,7 +373,7 @@ def test_check_procs_and_check_load_within_the_budget(cli_env, tmp_path):
     assert proc.returncode == 0, doc
     assert by["site_procs"]["reason"].startswith("PROCS OK: ")
     assert by["site_dstate"]["reason"].startswith("PROCS OK: ") and "STATE = D" in by["site_dstate"]["reason"]
-    assert by["site_load"]["reason"].startswith("LOAD OK - ")
+    assert "OK - " in by["site_load"]["reason"] and "load average: " in by["site_load"]["reason"]  # 2.3.1: no LOAD
     assert all(p["duration_seconds"] < 5 for p in by.values()) and elapsed < 15
 
 
