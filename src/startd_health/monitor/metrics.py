@@ -16,7 +16,7 @@ timestamps as `_timestamp_seconds`, no free text in labels.
   startd_health_<probe>_info{<fact>=...}                string facts, value 1
   startd_health_<probe>_<item>_ok{<item>=...}           from the fact pair <items>_ok / <items>_failed (1/0)
   startd_health_<probe>_<items>_<state>{<item>=...}     other list facts, value 1 per item
-  startd_health_<probe>_<measurement>[_<unit>]{labels}  measurements
+  startd_health_<probe>_<measurement>[_<unit>]{labels}  measurements (unit "total": a counter)
   startd_health_build_info{version,python}
 
 prometheus_client is imported lazily by the callers' code paths only.
@@ -52,6 +52,14 @@ def gauge_name(*parts: str) -> str:
 
 def singular(word: str) -> str:
     return word[:-1] if word.endswith("s") and not word.endswith("ss") else word
+
+
+# A string fact named *_message is free text (a kernel message): a ClassAd
+# attribute only, never a label value.
+FREE_TEXT_SUFFIX = "_message"
+# A measurement with this unit is a count since the state began: a counter
+# (startd_health_<probe>_<name>_total), not a gauge.
+COUNTER_UNIT = "total"
 
 
 def _bool(value: bool) -> float:
@@ -97,7 +105,7 @@ def _fact_families(r: ProbeResult) -> Iterator[Any]:
             number = float(value)
             if math.isfinite(number):
                 yield GaugeMetricFamily(gauge_name(PREFIX, r.probe, name), f"{r.probe} probe: {name}", value=number)
-        elif isinstance(value, str):
+        elif isinstance(value, str) and not name.endswith(FREE_TEXT_SUFFIX):
             strings[metric_name(name)] = value
     if strings:
         yield InfoMetricFamily(metric_name(PREFIX, r.probe), f"{r.probe} probe: descriptive facts", value=strings)
@@ -129,16 +137,18 @@ def _list_facts(r: ProbeResult) -> List[Tuple[str, str, Tuple[str, ...], Tuple[s
 
 
 def _measurement_families(r: ProbeResult) -> Iterator[Any]:
-    from prometheus_client.core import GaugeMetricFamily
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
     by_name: Dict[str, Any] = {}
     for m in r.measurements:
         if not math.isfinite(m.value):
             continue
-        name = gauge_name(PREFIX, r.probe, m.name, m.unit)
+        counter = m.unit == COUNTER_UNIT
+        name = metric_name(PREFIX, r.probe, m.name) if counter else gauge_name(PREFIX, r.probe, m.name, m.unit)
         family = by_name.get(name)
         if family is None:
-            family = by_name[name] = GaugeMetricFamily(
+            kind = CounterMetricFamily if counter else GaugeMetricFamily
+            family = by_name[name] = kind(
                 name, f"{r.probe} probe: {m.name}" + (f" ({m.unit})" if m.unit else ""), labels=[k for k, _ in m.labels])
         family.add_metric([v for _, v in m.labels], m.value)
     yield from by_name.values()

@@ -34,6 +34,8 @@ def human_age(seconds: float) -> str:
 def figures(result: ProbeResult) -> str:
     parts = []
     for m in result.measurements:
+        if m.unit == "total" and not m.value:
+            continue    # counters initialised to 0 (kernel events): only those that counted something
         label = ",".join(v for _, v in m.labels)
         value = f"{m.value:.2f}s" if m.unit == "seconds" else f"{m.value:g}{(' ' + m.unit) if m.unit else ''}"
         parts.append(f"{m.name}{'[' + label + ']' if label else ''}={value}")
