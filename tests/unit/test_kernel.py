@@ -35,7 +35,7 @@ from startd_health.probes.kernel import (BUILTIN, Event, KernelProbe, RuleSet, S
                                          parse_rules_file, rule_set)
 from startd_health.system import kmsg
 
-from .helpers import PACKAGE_PARENT, make_context, parse_cron_output, run_cli
+from .helpers import PACKAGE_PARENT, make_context, parse_cron_output, probe_settings, run_cli
 
 BOOT = "3f0c2a6e-5f0a-4c62-9d51-6b1c1b0e7a11"
 UPTIME = 100_000.0          # seconds since boot in the recorded tree
@@ -587,12 +587,10 @@ def test_an_unprivileged_reader_under_dmesg_restrict_is_skipped_with_what_to_do(
     code = ("import json, time\n"
             "from startd_health.core.runner import BudgetedContext\n"
             "from startd_health.probes.kernel import KernelProbe\n"
-            "from tests.unit.helpers import probe_settings\n"
-            "r = KernelProbe().run(BudgetedContext('kernel', probe_settings('kernel'), time.monotonic() + 20))\n"
+            f"r = KernelProbe().run(BudgetedContext('kernel', {probe_settings('kernel')!r}, time.monotonic() + 20))\n"
             "print(json.dumps({'status': r.status.value, 'reason': r.reason}))\n")
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, "-c", code],
-                          cwd="/", env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{PACKAGE_PARENT}:{repo}"},
+                          cwd="/", env={"PATH": "/usr/bin:/bin", "PYTHONPATH": PACKAGE_PARENT},
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
