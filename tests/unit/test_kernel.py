@@ -387,6 +387,23 @@ def test_records_continuation_lines_escapes_and_malformed_lines(tmp_path):
     assert reader.stats.cursor == kmsg.Cursor(BOOT, 2, str(path))
 
 
+def test_a_file_that_is_no_kmsg_log_is_neither_hoarded_nor_fatal(tmp_path):
+    path = tmp_path / "binary"
+    path.write_bytes(b"\x00\xff" * (1 << 20) + b"\n" + kmsg_line(1, 10, "after the junk").encode())
+    reader = kmsg.KmsgReader(str(path), None, BOOT, None, 0.0, 1000, time.monotonic() + 10)
+    with reader:
+        records = list(reader.records())
+    assert [r.message for r in records] == ["after the junk"]
+    assert reader.stats.malformed >= 1
+
+
+def test_a_message_from_a_clock_ahead_of_ours_is_not_in_the_future(tmp_path):
+    node = Node(tmp_path)
+    node.log_message(RECORDED[17][3], ago=-86400)    # logged "tomorrow" (a log recorded on another machine)
+    assert node.run(window=60.0).status is Status.DEGRADED
+    assert node.state()["active"][0]["at"] <= time.time()
+
+
 def test_epipe_is_counted_and_reading_goes_on():
     """SCRIPTED /dev/kmsg reads (pure logic): record 11, then EPIPE (the ring
     wrapped under us), then records 15 and 16, then EAGAIN (the end)."""

@@ -44,7 +44,7 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from startd_health.core.config import Count, Knob, Seconds, parse_list, parse_seconds
@@ -610,7 +610,8 @@ class KernelProbe(Probe):
             for record in reader.records():
                 event = classify(record, rules, zero, xid_fatal)
                 if event is not None:
-                    events.append(event)
+                    # a log recorded elsewhere may run ahead of this clock: never a window in the future
+                    events.append(event if event.at <= now else replace(event, at=now))
         finally:
             reader.close()
         stats = reader.stats

@@ -47,6 +47,7 @@ DMESG_RESTRICT_FILE = "proc/sys/kernel/dmesg_restrict"
 # buffer is too small; the kernel's largest is CONSOLE_EXT_LOG_MAX (8 KiB).
 RECORD_BUFFER = 16384
 FILE_CHUNK = 1 << 20
+MAX_LINE_BYTES = 1 << 20
 KERNEL_FACILITY = 0
 
 _ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
@@ -299,6 +300,9 @@ def file_lines(read: Callable[[], bytes], stats: ReadStats) -> Iterator[str]:
         rest += chunk
         cut = rest.rfind(b"\n")
         if cut < 0:
+            if len(rest) > MAX_LINE_BYTES:   # no record is this long: not a kmsg file, do not hoard it
+                stats.malformed += 1
+                rest = b""
             continue
         text, rest = rest[:cut].decode("utf-8", "replace"), rest[cut + 1:]
         yield from text.split("\n")
