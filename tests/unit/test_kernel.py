@@ -31,7 +31,7 @@ from startd_health.core.model import RunReport, Status
 from startd_health.core.verdict import judge as verdict_of
 from startd_health.monitor.cron import render
 from startd_health.probes import all_probes, kernel
-from startd_health.probes.kernel import (BUILTIN, Event, KernelProbe, RuleSet, State, classify, parse_rules,
+from startd_health.probes.kernel import (BUILTIN, KernelProbe, RuleSet, State, classify, parse_rules,
                                          parse_rules_file, rule_set)
 from startd_health.system import kmsg
 
@@ -502,6 +502,33 @@ def test_fatal_xid_fails_naming_the_gpu(tmp_path):
     assert result.reason.startswith("gpu_xid GPU 0000:18:00")
     assert result.facts["gpus_failed"] == ("0000:18:00",)
     assert counts(result)["gpu_xid"] == 3
+
+
+def test_a_fatal_xid_fails_the_gpu_probe_too_even_when_the_gpu_is_gone(tmp_path):
+    """The GPU probe reads the kernel probe's remembered events (system/kernel_events.py).
+    The recorded tree has no GPU at all: a GPU fallen off the bus may vanish from the
+    PCI bus and nvidia-smi, and the GPU probe alone would say "no GPU" (skipped)."""
+    from startd_health.probes.gpu import GpuProbe
+
+    node = Node(tmp_path)
+
+    def gpu(**settings):
+        ctx = make_context("gpu", scratch_root=str(node.scratch), system_root=str(node.root), **settings)
+        return GpuProbe().run(ctx)
+
+    assert gpu().reason == "no GPU on this node" and gpu().status is Status.SKIPPED    # as test_gpu.py says
+    node.log_message(RECORDED[24][3], prio=4)      # Xid 31: an application's fault, not the GPU's
+    node.run()
+    assert gpu().status is Status.SKIPPED
+    node.log_message(RECORDED[21][3], prio=4, ago=120)   # Xid 79
+    node.run()
+    failed = gpu()
+    assert failed.status is Status.FAILED
+    assert failed.reason.startswith("GPU 0000:18:00: Xid 79 in the kernel log at ")
+    assert failed.reason.endswith("; no GPU on this node")
+    assert gpu(kernel_window=60.0).status is Status.SKIPPED                        # the window has passed
+    node.set(boot="9d7e1c52-0d55-4a43-8d1e-2c8f6c4f0b22")                        # rebooted: the GPU was reset
+    assert gpu().status is Status.SKIPPED
 
 
 def test_active_events_are_bounded(tmp_path):

@@ -44,16 +44,16 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass, field, replace
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from dataclasses import dataclass, replace
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from startd_health.core.config import Count, Knob, Seconds, parse_list, parse_seconds
 from startd_health.core.model import Measurement, Probe, ProbeContext, ProbeResult, Status
 from startd_health.system import kmsg, procfs
+from startd_health.system.kernel_events import STATE_FILE, Event, State, load_state
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "kernel_events.json"
 MOUNTS_FILE = "proc/self/mounts"
 MAX_MESSAGE_CHARS = 160      # one message in a reason or attribute
 MAX_ACTIVE_EVENTS = 64       # events kept inside their window (newest win)
@@ -282,26 +282,6 @@ def rule_set(admin: Any) -> RuleSet:
 
 # ---------------------------------------------------------------- events and state
 
-@dataclass(frozen=True)
-class Event:
-    cls: str
-    judgement: str     # what it does now: count, degrade, fail or readonly (an xid is resolved)
-    at: float          # epoch seconds it was logged
-    message: str
-    device: str = ""   # filesystem or block device (kernel name) or mount point
-    pci: str = ""      # GPU PCI address (Xid)
-    code: int = -1     # Xid number
-
-    def to_json(self) -> Dict[str, Any]:
-        return {"class": self.cls, "judgement": self.judgement, "at": self.at, "message": self.message,
-                "device": self.device, "pci": self.pci, "code": self.code}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "Event":
-        return cls(str(data["class"]), str(data["judgement"]), float(data["at"]), str(data["message"]),
-                   str(data.get("device", "")), str(data.get("pci", "")), int(data.get("code", -1)))
-
-
 def classify(record: kmsg.Record, rules: RuleSet, epoch_zero: float, xid_fatal: Sequence[int]) -> Optional[Event]:
     if record.prio >> 3 != kmsg.KERNEL_FACILITY:   # (record.facility, without a call: the hot path)
         return None
@@ -321,40 +301,6 @@ def pci_device(address: str) -> str:
     """An Xid names the GPU as domain:bus:device (0000:3b:00), other NVRM lines
     add the function (0000:3b:00.0): one spelling, the Xid's."""
     return re.sub(r"\.[0-7]$", "", address.lower())
-
-
-@dataclass
-class State:
-    cursor: Optional[kmsg.Cursor] = None
-    counts: Dict[str, int] = field(default_factory=dict)
-    last: Dict[str, Event] = field(default_factory=dict)       # the last event per class
-    active: List[Event] = field(default_factory=list)          # degrade/fail/readonly events in their window
-
-    def to_json(self) -> Dict[str, Any]:
-        return {"cursor": self.cursor.to_json() if self.cursor else None, "counts": self.counts,
-                "last": {c: e.to_json() for c, e in sorted(self.last.items())},
-                "active": [e.to_json() for e in self.active]}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "State":
-        return cls(kmsg.Cursor.from_json(data.get("cursor")),
-                   {str(c): int(n) for c, n in dict(data.get("counts", {})).items()},
-                   {str(c): Event.from_json(e) for c, e in dict(data.get("last", {})).items()},
-                   [Event.from_json(e) for e in data.get("active", [])])
-
-
-def load_state(scratch: Optional[str]) -> State:
-    if scratch is None:
-        return State()
-    path = os.path.join(scratch, STATE_FILE)
-    try:
-        with open(path, "rb") as handle:
-            return State.from_json(json.loads(handle.read()))
-    except FileNotFoundError:
-        return State()
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        log.warning("ignoring unreadable %s: %s", path, exc)
-        return State()
 
 
 def save_state(ctx: ProbeContext, state: State) -> None:
