@@ -423,8 +423,7 @@ def still_active(event: Event, mounts: Optional[Sequence[MountState]], root: str
 
 def problems_of(state: State, mounts: Optional[Sequence[MountState]], root: str, now: float,
                 window: float) -> List[Problem]:
-    found = [p for p in (still_active(e, mounts, root, now, window) for e in state.active) if p is not None]
-    return found
+    return [p for p in (still_active(e, mounts, root, now, window) for e in state.active) if p is not None]
 
 
 def kept_active(problems: Sequence[Problem]) -> List[Event]:
@@ -464,8 +463,10 @@ def judge(state: State, problems: Sequence[Problem], classes: Sequence[str], rea
         more = f" (+{len(found) - 1} more)" if len(found) > 1 else ""
         parts.append(f"{cls}{detail} at {iso(newest.event.at)}: {quoted(newest.event.message)}{more}")
     notes = []
-    if read.missed or read.overwritten_reads:
+    if read.missed:
         notes.append(f"{read.missed} kernel messages were overwritten before they could be read")
+    elif read.overwritten_reads:
+        notes.append("the kernel log wrapped while it was read: messages may have been missed")
     if read.capped:
         notes.append(f"read stopped after {read.lines} messages (STARTD_HEALTH_KERNEL_MAX_LINES or the "
                      "budget); the rest next run")
