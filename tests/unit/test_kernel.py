@@ -19,6 +19,7 @@ test_real_dev_kmsg_*.
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -229,7 +230,7 @@ def test_the_shortcut_regex_agrees_with_the_rules():
     loose = RuleSet(parse_rules("site fail (?i)lustreerror\nother count \\d+ errors\n", "site") + BUILTIN)
     assert loose.any is None
     assert loose.match("LustreError: evicted")[0].cls == "site"
-    assert kernel.required_literals(__import__("re").compile(r"NVRM: Xid \(PCI:(?P<pci>\S+)\): (?P<code>\d+)")) \
+    assert kernel.required_literals(re.compile(r"NVRM: Xid \(PCI:(?P<pci>\S+)\): (?P<code>\d+)")) \
         == ["NVRM: Xid (PCI:"]
 
 
@@ -321,6 +322,8 @@ def test_look_back_on_a_fresh_start(tmp_path):
     result = node.run(lookback=3600.0)
     assert counts(result)["hung_task"] == 0 and counts(result)["oom_kill"] == 1
     assert result.status is Status.OK
+    assert result.reason.startswith("2 new kernel messages (fresh start: no saved position, looked back 1 h, "
+                                    "1 older ones ignored)")
     assert node.state()["cursor"]["seq"] == 2       # the old one is behind the cursor, not pending
 
     fresh = Node(tmp_path / "b")
@@ -578,6 +581,16 @@ def test_cron_ad_and_metrics(tmp_path):
     if shutil.which("promtool"):   # Prometheus' own linter, when installed (./dev test installs it)
         lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
         assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_check_table_shows_counted_classes_and_times(tmp_path):
+    from startd_health.monitor.terminal import table
+    node = Node(tmp_path)
+    node.log_message(RECORDED[15][3], ago=0)
+    result = node.run()
+    row = table([result], verdict_of([result]), time.time(), colour=False).splitlines()[1]
+    assert "events[oom_kill]=1 total" in row and "events[mce]" not in row    # counters at 0 are left out
+    assert re.search(r"last_event\[oom_kill\]=20\d\d-\d\d-\d\dT\d\d:\d\d:\d\dZ", row), row
 
 
 # ---------------------------------------------------------------- the real /dev/kmsg (read-only)

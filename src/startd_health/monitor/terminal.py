@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from typing import Any, Dict, Sequence
 
 from startd_health import __version__
@@ -37,7 +38,12 @@ def figures(result: ProbeResult) -> str:
         if m.unit == "total" and not m.value:
             continue    # counters initialised to 0 (kernel events): only those that counted something
         label = ",".join(v for _, v in m.labels)
-        value = f"{m.value:.2f}s" if m.unit == "seconds" else f"{m.value:g}{(' ' + m.unit) if m.unit else ''}"
+        if m.unit == "seconds":
+            value = f"{m.value:.2f}s"
+        elif m.unit == "timestamp_seconds":   # an epoch: a time a person reads (0: never)
+            value = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(m.value)) if m.value > 0 else "never"
+        else:
+            value = f"{m.value:g}{(' ' + m.unit) if m.unit else ''}"
         parts.append(f"{m.name}{'[' + label + ']' if label else ''}={value}")
     return " ".join(parts)
 

@@ -442,6 +442,7 @@ class ReadSummary:
     capped: bool = False
     fresh_why: str = ""
     lookback: float = 0.0
+    too_old: int = 0        # of the lines, older than the look-back (fresh start)
     error: str = ""
 
 
@@ -476,7 +477,9 @@ def judge(state: State, problems: Sequence[Problem], classes: Sequence[str], rea
         reason = "; ".join(parts + notes)
     else:
         counted = [f"{c} {state.counts[c]}" for c in classes if state.counts.get(c)]
-        since = f" (fresh start: {read.fresh_why}, looked back {duration(read.lookback)})" if read.fresh_why else ""
+        older = f", {read.too_old} older ones ignored" if read.too_old else ""
+        since = f" (fresh start: {read.fresh_why}, looked back {duration(read.lookback)}{older})" \
+            if read.fresh_why else ""
         reason = f"{read.lines} new kernel messages{since}, no problem within {duration(window)}"
         if counted:
             reason += "; counted: " + ", ".join(counted)
@@ -571,6 +574,6 @@ class KernelProbe(Probe):
         problems = [p for p in problems if p.event in new_state.active]
         save_state(ctx, new_state)
         read = ReadSummary(stats.lines, stats.missed, stats.overwritten_reads, stats.capped,
-                           stats.fresh_why if stats.fresh else "", lookback, stats.error)
+                           stats.fresh_why if stats.fresh else "", lookback, stats.too_old, stats.error)
         classes = tuple(dict.fromkeys(builtin_classes() + rules.classes))
         return judge(new_state, problems, classes, read, window)
