@@ -32,7 +32,7 @@ from startd_health.core.model import RunReport, Status
 from startd_health.core.verdict import judge as verdict_of
 from startd_health.monitor.cron import render
 from startd_health.probes import all_probes, kernel
-from startd_health.probes.kernel import (BUILTIN, KernelProbe, RuleSet, State, classify, parse_rules,
+from startd_health.probes.kernel import (KernelProbe, RuleSet, State, builtin_rules, classify, parse_rules,
                                          parse_rules_file, rule_set)
 from startd_health.system import kmsg
 
@@ -191,7 +191,7 @@ def test_the_readme_documents_every_builtin_class():
 
 def test_every_builtin_class_has_a_recorded_message():
     assert {r[0] for r in RECORDED} == set(kernel.builtin_classes())
-    assert {(r.cls, r.judgement) for r in BUILTIN} >= {("mce", "fail"), ("mce", "count"), ("gpu_xid", "xid")}
+    assert {(r.cls, r.judgement) for r in builtin_rules()} >= {("mce", "fail"), ("mce", "count"), ("gpu_xid", "xid")}
 
 
 def test_xid_codes_and_addresses():
@@ -222,12 +222,12 @@ def test_the_shortcut_regex_agrees_with_the_rules():
     assert rules.any is not None
     for _, _, _, text, _ in RECORDED:
         assert rules.any.search(text)
-    slow = RuleSet(BUILTIN)
+    slow = RuleSet(builtin_rules())
     slow.any = None
     for text in UNCLASSIFIED + [r[3] for r in RECORDED]:
         assert rules.match(text) == slow.match(text)
     # a rule without a required literal (case-insensitive, or none) turns the shortcut off, never a match
-    loose = RuleSet(parse_rules("site fail (?i)lustreerror\nother count \\d+ errors\n", "site") + BUILTIN)
+    loose = RuleSet(parse_rules("site fail (?i)lustreerror\nother count \\d+ errors\n", "site") + builtin_rules())
     assert loose.any is None
     assert loose.match("LustreError: evicted")[0].cls == "site"
     assert kernel.required_literals(re.compile(r"NVRM: Xid \(PCI:(?P<pci>\S+)\): (?P<code>\d+)")) \

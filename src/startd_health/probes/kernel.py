@@ -39,6 +39,7 @@ uptime, the mount table. Judge (pure): remembered events, mounts, time -> a resu
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -135,11 +136,15 @@ def parse_rules(text: str, origin: str) -> Tuple[Rule, ...]:
     return tuple(rules)
 
 
-BUILTIN = parse_rules(BUILTIN_RULES, "built-in rules")
+@functools.lru_cache(maxsize=None)
+def builtin_rules() -> Tuple[Rule, ...]:
+    """Parsed (and checked) when first used, not at import: every command
+    imports every probe module, and compiling the rules costs milliseconds."""
+    return parse_rules(BUILTIN_RULES, "built-in rules")
 
 
 def builtin_classes() -> Tuple[str, ...]:
-    return tuple(dict.fromkeys(r.cls for r in BUILTIN))
+    return tuple(dict.fromkeys(r.cls for r in builtin_rules()))
 
 
 def parse_rules_file(text: str) -> Tuple[str, Tuple[Tuple[str, str, str, str], ...]]:
@@ -277,7 +282,7 @@ def _required(items: Any, c: Any) -> Optional[List[str]]:
 
 def rule_set(admin: Any) -> RuleSet:
     extra = tuple(Rule(*item) for item in admin[1]) if admin else ()
-    return RuleSet(extra + BUILTIN)
+    return RuleSet(extra + builtin_rules())
 
 
 # ---------------------------------------------------------------- events and state
