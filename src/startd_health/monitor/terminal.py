@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from typing import Any, Dict, Sequence
 
 from startd_health import __version__
 from startd_health.core.model import ProbeResult, Status
 from startd_health.core.verdict import Verdict
+from startd_health.system.stuck import iso
 
 COLOURS = {Status.OK: "32", Status.DEGRADED: "33", Status.FAILED: "31;1", Status.SKIPPED: "2"}
 
@@ -41,7 +41,7 @@ def figures(result: ProbeResult) -> str:
         if m.unit == "seconds":
             value = f"{m.value:.2f}s"
         elif m.unit == "timestamp_seconds":   # an epoch: a time a person reads (0: never)
-            value = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(m.value)) if m.value > 0 else "never"
+            value = iso(m.value) if m.value > 0 else "never"
         else:
             value = f"{m.value:g}{(' ' + m.unit) if m.unit else ''}"
         parts.append(f"{m.name}{'[' + label + ']' if label else ''}={value}")

@@ -437,11 +437,12 @@ def with_kernel_xids(result: ProbeResult, ctx: ProbeContext) -> ProbeResult:
     probe too, naming it: a GPU fallen off the bus may be gone from nvidia-smi
     and the PCI bus, which would otherwise read as "no GPU" (skipped)."""
     from startd_health.system import kernel_events, kmsg
+    from startd_health.system.stuck import iso
     failures = kernel_events.gpu_failures(ctx.scratch_dir(kernel_events.PROBE), kmsg.boot_id(ctx.system_root),
                                           time.time(), ctx.settings["kernel_window"])
     if not failures:
         return result
     said = "; ".join(f"GPU {e.pci}: " + (f"Xid {e.code}" if e.code >= 0 else "failed")
-                     + f" in the kernel log at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(e.at))}"
+                     + f" in the kernel log at {iso(e.at)}"
                      for e in failures)
     return replace(result, status=Status.FAILED, reason=said + (f"; {result.reason}" if result.reason else ""))

@@ -52,6 +52,7 @@ from startd_health.core.config import Count, Knob, Seconds, parse_list, parse_se
 from startd_health.core.model import Measurement, Probe, ProbeContext, ProbeResult, Status
 from startd_health.system import kmsg, procfs
 from startd_health.system.kernel_events import STATE_FILE, Event, State, load_state
+from startd_health.system.stuck import iso
 
 log = logging.getLogger(__name__)
 
@@ -374,10 +375,6 @@ def mounts_of(device: str, mounts: Sequence[MountState], root: str) -> List[Moun
 
 
 # ---------------------------------------------------------------- judge (pure)
-
-def iso(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
-
 
 def quoted(message: str) -> str:
     text = message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 3] + "..."
