@@ -194,6 +194,18 @@ def node_dashboard() -> dict:
                                      "{{instance}} {{probe}} {{label}}"))
               for suffix, what, unit, how in SITE_PERFDATA),
         ]),
+        ("Kernel events", [
+            series("Kernel events", "short", "Kernel messages per class in each interval (kernel probe: read-only "
+                   "remounts, filesystem and I/O errors, OOM kills, hung tasks, machine checks, GPU Xids).",
+                   query(f"sum by (instance, class) (increase(startd_health_kernel_events_total{{{sel}}}"
+                         "[$__rate_interval])) > 0", "{{instance}} {{class}}")),
+            listing("Read-only filesystems and failed GPUs", "none", "Filesystems the kernel remounted read-only "
+                    "that still are, and GPUs with a fatal Xid within the kernel probe's window: each fails the node.",
+                    query(f"startd_health_kernel_filesystem_readonly{{{sel}}} == 1", instant=True,
+                          fmt=PromQueryFormat.TABLE),
+                    query(f"startd_health_kernel_gpu_failed{{{sel}}} == 1", ref="B", instant=True,
+                          fmt=PromQueryFormat.TABLE)),
+        ]),
         ("Exporter", [
             series("Exporter memory", "bytes", "Resident memory of `startd-health exporter`.",
                    query(f"process_resident_memory_bytes{{{sel}}} and on (instance) startd_health_build_info",

@@ -17,6 +17,11 @@ ALLOWED_EMPTY = {
     "startd-health-node: CVMFS repositories":
         "startd_health_cvmfs_repo_ok needs CVMFS repositories configured and mounted on the node; the test's "
         "node exporter runs the container probe only. The pool dashboard's CVMFS panels are checked",
+    "startd-health-node: Kernel events":
+        "startd_health_kernel_events_total comes from nodes running the kernel probe; the test's node exporter "
+        "runs the container probe only, and the panel shows only intervals with events",
+    "startd-health-node: Read-only filesystems and failed GPUs":
+        "needs the kernel probe on a node with a read-only remount or a fatal Xid (see the kernel rules below)",
     "rule: StartdHealthCvmfsRepoDownOnManyNodes":
         "same metric, startd_health_cvmfs_repo_ok, from nodes running the cvmfs probe; its pool twin "
         "StartdHealthPoolCvmfsRepoDown is checked",
@@ -26,4 +31,10 @@ ALLOWED_EMPTY = {
     "rule: StartdHealthContainerLaunchRegression": "compares with a day ago (offset 1d): needs a day of history",
     "rule: StartdHealthPoolContainerLaunchRegression": "compares with a day ago (offset 1d): needs a day of history",
     "rule: StartdHealthPoolHealthyFractionDrop": "compares with an hour ago (offset 1h): needs an hour of history",
+    "rule: StartdHealthKernelFilesystemReadOnly":
+        "needs the kernel probe on a node whose kernel remounted a filesystem read-only; the test's node "
+        "exporter runs the container probe only (recorded remounts: tests/unit/test_kernel.py)",
+    "rule: StartdHealthKernelGpuFailed": "needs a fatal NVIDIA Xid in a node's kernel log; no GPU here",
+    "rule: StartdHealthKernelHardwareErrors":
+        "needs the kernel probe (not run by the test's node exporter) and I/O, filesystem or MCE messages",
 }

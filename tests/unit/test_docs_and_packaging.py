@@ -36,6 +36,8 @@ def generic_name(name: str) -> str:
     for repo in ("oasis_opensciencegrid_org", "cms_ib_cern_ch"):
         name = re.sub(f"_{repo}$", "_<repo>", name).replace(f"_{repo}_", "_<repo>_")
     name = re.sub(r"^(StartdHealthGpuMemoryBytes_)\d+$", r"\1<index>", name)
+    name = re.sub(r"^(StartdHealthKernel(?:EventsTotal|LastEventTimestampSeconds)_)[a-z0-9_]+$", r"\1<class>", name)
+    name = re.sub(r"^StartdHealthKernel[A-Za-z0-9]+LastMessage$", "StartdHealthKernel<Class>LastMessage", name)
     return re.sub(r"^StartdHealth[A-Z][a-z]+(Ok|Status|Reason|Age)$", r"StartdHealth<Probe>\1", name)
 
 

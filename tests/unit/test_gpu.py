@@ -90,7 +90,7 @@ def test_registered_with_its_knobs():
     probe = all_probes()["gpu"]
     assert probe is GpuProbe and probe.enabled_by_default
     assert [k.name for k in probe.knobs] == ["GPU_NV_IMAGE", "GPU_NVIDIA_SMI", "GPU_CONDOR_COUNT"]
-    assert probe.shared_knobs == ("CONTAINER_IMAGES", "CONTAINER_RUNTIME")
+    assert probe.shared_knobs == ("CONTAINER_IMAGES", "CONTAINER_RUNTIME", "KERNEL_WINDOW")
 
 
 def test_parse_count():

@@ -147,9 +147,9 @@ def measurement_attribute(probe: str, m: Measurement) -> str:
 
 
 def _number(m: Measurement) -> Fact:
-    """Counts and revisions (no unit) as integers, as HTCondor and OSPool publish them."""
+    """Counts, counters and revisions as integers, as HTCondor and OSPool publish them."""
     value = float(m.value)
-    return int(value) if m.unit in ("", "timestamp_seconds") and value.is_integer() else value
+    return int(value) if m.unit in ("", "total", "timestamp_seconds") and value.is_integer() else value
 
 
 # OSPool pilot names for CVMFS (osg-flock advertise-base), so that existing job

@@ -58,6 +58,14 @@ def singular(word: str) -> str:
     return word[:-1] if word.endswith("s") and not word.endswith("ss") else word
 
 
+# A string fact named *_message is free text (a kernel message): a ClassAd
+# attribute only, never a label value.
+FREE_TEXT_SUFFIX = "_message"
+# A measurement with this unit is a count since the state began: a counter
+# (startd_health_<probe>_<name>_total), not a gauge.
+COUNTER_UNIT = "total"
+
+
 def _bool(value: bool) -> float:
     return 1.0 if value else 0.0
 
@@ -103,7 +111,7 @@ def _fact_families(r: ProbeResult) -> Iterator[Any]:
             number = float(value)
             if math.isfinite(number):
                 yield GaugeMetricFamily(gauge_name(PREFIX, r.probe, name), f"{r.probe} probe: {name}", value=number)
-        elif isinstance(value, str):
+        elif isinstance(value, str) and not name.endswith(FREE_TEXT_SUFFIX):
             strings[metric_name(name)] = value
     if strings:
         yield InfoMetricFamily(metric_name(PREFIX, r.probe), f"{r.probe} probe: descriptive facts", value=strings)
@@ -144,7 +152,7 @@ def _measurement_families(r: ProbeResult, shared: Dict[str, Any]) -> Iterator[An
         if not math.isfinite(m.value):
             continue
         labels = ([("probe", r.probe)] if m.family else []) + list(m.labels)
-        counter = m.unit == "total"
+        counter = m.unit == COUNTER_UNIT
         parts = (PREFIX, m.family or r.probe, m.name) + (() if counter else (m.unit,))
         name = metric_name(*parts) if counter else gauge_name(*parts)
         families = shared if m.family else by_name

@@ -9,6 +9,7 @@ from typing import Any, Dict, Sequence
 from startd_health import __version__
 from startd_health.core.model import ProbeResult, Status
 from startd_health.core.verdict import Verdict
+from startd_health.system.stuck import iso
 
 COLOURS = {Status.OK: "32", Status.DEGRADED: "33", Status.FAILED: "31;1", Status.SKIPPED: "2"}
 
@@ -34,8 +35,15 @@ def human_age(seconds: float) -> str:
 def figures(result: ProbeResult) -> str:
     parts = []
     for m in result.measurements:
+        if m.unit == "total" and not m.value:
+            continue    # counters initialised to 0 (kernel events): only those that counted something
         label = ",".join(v for _, v in m.labels)
-        value = f"{m.value:.2f}s" if m.unit == "seconds" else f"{m.value:g}{(' ' + m.unit) if m.unit else ''}"
+        if m.unit == "seconds":
+            value = f"{m.value:.2f}s"
+        elif m.unit == "timestamp_seconds":   # an epoch: a time a person reads (0: never)
+            value = iso(m.value) if m.value > 0 else "never"
+        else:
+            value = f"{m.value:g}{(' ' + m.unit) if m.unit else ''}"
         parts.append(f"{m.name}{'[' + label + ']' if label else ''}={value}")
     return " ".join(parts)
 

@@ -49,8 +49,9 @@ import os
 import re
 import shlex
 import shutil
+import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, Optional, Tuple
 
 from startd_health.core.config import Knob, parse_string
@@ -411,7 +412,7 @@ class GpuProbe(Probe):
                    "what HTCondor detects; skipped on nodes without a GPU")
     default_period = 300.0
     default_timeout = 60.0
-    shared_knobs = ("CONTAINER_IMAGES", "CONTAINER_RUNTIME")
+    shared_knobs = ("CONTAINER_IMAGES", "CONTAINER_RUNTIME", "KERNEL_WINDOW")
     knobs = (
         Knob("GPU_NV_IMAGE", parse_string, "", "on a node with GPUs, launch this image with `--nv` and count the "
              "GPUs `nvidia-smi -L` sees inside (HTCondor adds `--nv` for GPU jobs but never tests it); none: not "
@@ -427,4 +428,21 @@ class GpuProbe(Probe):
     )
 
     def run(self, ctx: ProbeContext) -> ProbeResult:
-        return judge(gather(ctx))
+        return with_kernel_xids(judge(gather(ctx)), ctx)
+
+
+def with_kernel_xids(result: ProbeResult, ctx: ProbeContext) -> ProbeResult:
+    """A GPU the kernel log says failed (a fatal Xid, within the kernel probe's
+    window, recorded by the kernel probe: system/kernel_events.py) fails this
+    probe too, naming it: a GPU fallen off the bus may be gone from nvidia-smi
+    and the PCI bus, which would otherwise read as "no GPU" (skipped)."""
+    from startd_health.system import kernel_events, kmsg
+    from startd_health.system.stuck import iso
+    failures = kernel_events.gpu_failures(ctx.scratch_dir(kernel_events.PROBE), kmsg.boot_id(ctx.system_root),
+                                          time.time(), ctx.settings["kernel_window"])
+    if not failures:
+        return result
+    said = "; ".join(f"GPU {e.pci}: " + (f"Xid {e.code}" if e.code >= 0 else "failed")
+                     + f" in the kernel log at {iso(e.at)}"
+                     for e in failures)
+    return replace(result, status=Status.FAILED, reason=said + (f"; {result.reason}" if result.reason else ""))
