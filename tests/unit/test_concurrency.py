@@ -1,6 +1,6 @@
 """Many `startd-health cron` runs at once (the startd restarting a slow job,
 an admin by hand, the exporter): no pile-up, no corrupt state, every output
-a valid ad. The runtime is a shell stand-in that takes 1 s per launch and
+a valid ad. The runtime is a shell stand-in that takes 3 s per launch (long enough that the twenty runs start while the first still holds the lock, also on a loaded machine) and
 records each call, so the test can count how often the probe really ran."""
 
 import subprocess
@@ -21,7 +21,7 @@ def test_twenty_concurrent_cron_runs(tmp_path, cli_env):
     runtime.write_text(f"""#!/bin/sh
 echo "$$ $1" >> {calls}
 if [ "$1" = --version ]; then echo "apptainer version 1.4.5"; exit 0; fi
-sleep 1; while [ "$1" != /bin/sh ]; do shift; done; exec "$@"
+sleep 3; while [ "$1" != /bin/sh ]; do shift; done; exec "$@"
 """)
     runtime.chmod(0o755)
     argv = [sys.executable, "-c", "from startd_health.cli import cron_main; cron_main()", "--no-condor-config",
