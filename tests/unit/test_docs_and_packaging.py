@@ -33,6 +33,8 @@ def test_every_knob_is_documented():
 
 def generic_name(name: str) -> str:
     name = re.sub(r"_el9$", "_<image>", name)
+    name = re.sub(r"^(StartdHealthContainerImage)_(rhel|debian|ubuntu)\d+$|^(StartdHealthContainerImage)_default$",
+                  lambda m: (m.group(1) or m.group(3)) + "_<platform>", name)
     for repo in ("oasis_opensciencegrid_org", "cms_ib_cern_ch"):
         name = re.sub(f"_{repo}$", "_<repo>", name).replace(f"_{repo}_", "_<repo>_")
     name = re.sub(r"^(StartdHealthGpuMemoryBytes_)\d+$", r"\1<index>", name)
