@@ -16,7 +16,6 @@ system/container.py, shared with the GPU probe and the pre-job hook.
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -33,7 +32,6 @@ from startd_health.system import launch_guard
 
 DEFAULT_FLAGS = "--ipc --pid --contain"   # the OSG/GlideinWMS set
 VERSION_TIMEOUT = 10.0
-_IMAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def parse_images(text: str) -> Tuple[str, ...]:
@@ -48,13 +46,10 @@ def parse_images(text: str) -> Tuple[str, ...]:
         name, sep, path = item.partition("=")
         if not sep:
             path = item
-            base = os.path.basename(path.rstrip("/")) or path
-            name = re.sub(r"\.(sif|img|simg)$", "", base)
-            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).lstrip("._-") or "image"
+            name = catalogue.image_name(path)
         if not path:
             raise ValueError(f"image entry {item!r} has no path")
-        if not _IMAGE_NAME.match(name):
-            raise ValueError(f"image name {name!r} must be letters, digits, '_', '.' or '-'")
+        catalogue.check_name(name, "image name")
         if name in seen:
             raise ValueError(f"image name {name!r} is used twice (name them: name=path)")
         seen.add(name)

@@ -23,7 +23,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 from startd_health.core.config import parse_list
 
@@ -43,6 +43,15 @@ class Image:
     size: int = 0           # bytes, for SIF files found in a directory
 
 
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def check_name(name: str, what: str) -> None:
+    """Image names become attribute-name suffixes and list elements: keep them plain."""
+    if not _NAME.match(name):
+        raise ValueError(f"{what} {name!r} must be letters, digits, '_', '.' or '-'")
+
+
 def parse_images_dict(text: str) -> Tuple[str, ...]:
     """GlideinWMS' `key:path,key:path` -> normalised `key=path` entries (order kept)."""
     entries, seen = [], set()
@@ -53,8 +62,7 @@ def parse_images_dict(text: str) -> Tuple[str, ...]:
         key, path = key.strip(), path.strip()
         if not sep or not key or not path:
             raise ValueError(f"entry {item!r} is not key:path (e.g. rhel9:/cvmfs/.../el9:latest)")
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", key):
-            raise ValueError(f"key {key!r} must be letters, digits, '_', '.' or '-'")
+        check_name(key, "key")
         if key in seen:
             raise ValueError(f"key {key!r} is given twice")
         seen.add(key)
@@ -183,7 +191,3 @@ def untested_reason(count: int, cap: int, by_cap: bool, names: Sequence[str]) ->
     why = (f"over the cap of {cap} (STARTD_HEALTH_CONTAINER_MAX_IMAGES)" if by_cap
            else "the probe's budget ran out (STARTD_HEALTH_CONTAINER_TIMEOUT)")
     return f"{count} image{'s' if count != 1 else ''} not tested, {why}: {shown}"
-
-
-def default_name(default: str, ok: Sequence[str]) -> Optional[str]:
-    return default if default in ok else None
