@@ -288,16 +288,26 @@ def test_a_listing_that_hangs_is_cut_by_its_budget(tmp_path):
     assert found == [] and "listing /cvmfs/x/*" in error and time.monotonic() - t0 < 5
 
 
+def images_names(count):
+    return tuple(f"img{i}" for i in range(count))
+
+
 def test_the_cap_and_the_budget_leave_images_untested_and_say_so(tmp_path):
     from .test_container import fake_runtime
     rt = fake_runtime(tmp_path, "echo 'apptainer version 9.9'; exit 0",
                       'while [ "$1" != /bin/sh ]; do shift; done; exec "$@"')
     images = tuple(f"img{i}=/img{i}" for i in range(5))
+    found = tmp_path / "found"
+    for i in range(4):
+        (found / f"sb{i}" / ".singularity.d").mkdir(parents=True)
+    # The cap counts found images only: the five named ones all launch.
     ctx = make_context("container", 20.0, runtime=rt, images=images, flags=(), launch_timeout=5.0,
-                       requirement="REQUIRED", max_images=2)
+                       requirement="REQUIRED", max_images=2, image_dirs=(str(found),))
     r = judge(gather(ctx))
-    assert r.facts["images_ok"] == ("img0", "img1") and r.facts["images_untested"] == ("img2", "img3", "img4")
-    assert "3 images not tested, over the cap of 2 (STARTD_HEALTH_CONTAINER_MAX_IMAGES): img2, img3, img4" in r.reason
+    assert r.facts["images_ok"] == images_names(5) + ("sb0", "sb1")
+    assert r.facts["images_untested"] == ("sb2", "sb3")
+    assert "2 images not tested, found images over the cap of 2 (STARTD_HEALTH_CONTAINER_MAX_IMAGES): sb2, sb3" \
+        in r.reason
     assert r.status is Status.OK
     # A budget smaller than one launch needs (2 s at least): none is started, all are said untested.
     ctx = make_context("container", 1.5, runtime=rt, images=images[:2], flags=(), launch_timeout=5.0,

@@ -121,13 +121,14 @@ def gather(ctx: ProbeContext) -> Gathered:
                                            min(catalogue.LIST_TIMEOUT, ctx.remaining()))
     chosen, default = images_to_test(ctx, listed)
     cap = ctx.settings.get("max_images") or len(chosen)
-    untested = [i.name for i in chosen[cap:]]
+    chosen, over = catalogue.capped(chosen, cap)
+    untested = [i.name for i in over]
     untested_reason = catalogue.untested_reason(len(untested), cap, True, untested) if untested else ""
     slowest = 0.0
-    for index, entry in enumerate(chosen[:cap]):
+    for index, entry in enumerate(chosen):
         image, path = entry.name, entry.path
         if catalogue.over_budget(ctx.remaining(), ctx.settings["launch_timeout"], slowest):
-            left = [i.name for i in chosen[index:cap]]
+            left = [i.name for i in chosen[index:]]
             untested = left + untested
             untested_reason = "; ".join(filter(None, [catalogue.untested_reason(len(left), cap, False, left),
                                                       untested_reason]))
@@ -294,8 +295,9 @@ class ContainerProbe(Probe):
              "or globs (e.g. `/cvmfs/singularity.opensciencegrid.org/opensciencegrid/*`): each match, or each "
              "unpacked image and SIF file in a directory; unpacked ones are launched first, then SIFs smallest first",
              "LIST"),
-        Knob("CONTAINER_MAX_IMAGES", Count(minimum=1, maximum=1000), 20, "launch at most this many images per run "
-             "(named and dict images first); the rest, and those the probe's budget does not reach, are listed in "
+        Knob("CONTAINER_MAX_IMAGES", Count(minimum=1, maximum=1000), 20, "launch at most this many of the images "
+             "found in `STARTD_HEALTH_CONTAINER_IMAGE_DIRS` per run (named and dict images are not capped); the "
+             "rest, and any image the probe's budget does not reach, are listed in "
              "`StartdHealthContainerImagesUntested` and the reason", "COUNT"),
         Knob("CONTAINER_FLAGS", parse_args, parse_args(DEFAULT_FLAGS), "flags given to `exec` for each "
              "launch test (the default is the OSG set)", "FLAGS", format_args),

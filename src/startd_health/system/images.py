@@ -179,6 +179,21 @@ def catalogue(named: Sequence[str], images_dict: Sequence[str], found: Sequence[
     return chosen, default
 
 
+def capped(chosen: Sequence[Image], cap: int) -> Tuple[List[Image], List[Image]]:
+    """(images to launch, images over the cap): the cap counts found images
+    only (a glob can match hundreds); named and dict images are the site's
+    explicit list, bounded by the probe's budget alone."""
+    keep, over, found = [], [], 0
+    for image in chosen:
+        if image.source == "found":
+            found += 1
+            if found > cap:
+                over.append(image)
+                continue
+        keep.append(image)
+    return keep, over
+
+
 def over_budget(remaining: float, launch_timeout: float, slowest: float) -> bool:
     """Whether the next launch no longer fits: it needs twice the slowest
     launch so far (at least 2 s), at most the launch timeout. A launch cut
@@ -188,6 +203,6 @@ def over_budget(remaining: float, launch_timeout: float, slowest: float) -> bool
 
 def untested_reason(count: int, cap: int, by_cap: bool, names: Sequence[str]) -> str:
     shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
-    why = (f"over the cap of {cap} (STARTD_HEALTH_CONTAINER_MAX_IMAGES)" if by_cap
+    why = (f"found images over the cap of {cap} (STARTD_HEALTH_CONTAINER_MAX_IMAGES)" if by_cap
            else "the probe's budget ran out (STARTD_HEALTH_CONTAINER_TIMEOUT)")
     return f"{count} image{'s' if count != 1 else ''} not tested, {why}: {shown}"
