@@ -97,7 +97,9 @@ def cvmfs_section(root: str, repos: Sequence[str]) -> str:
 # Only sh built-ins and uname; the C library answers `getconf
 # GNU_LIBC_VERSION`, or is asked itself: glibc's libc.so.6 and musl's loader
 # print their version when executed (they exit at once: nothing to hang on).
-_PLATFORM = r"""for f in /etc/os-release /usr/lib/os-release; do
+_PLATFORM = r"""platform_nl='
+'
+for f in /etc/os-release /usr/lib/os-release; do
   [ -r "$f" ] || continue
   while IFS= read -r l || [ -n "$l" ]; do
     case $l in ID=*|ID_LIKE=*|NAME=*|VERSION_ID=*|VERSION_CODENAME=*|PRETTY_NAME=*) printf 'os %s\n' "$l" ;; esac
@@ -117,7 +119,7 @@ if [ -z "$v" ]; then
     break
   done
 fi
-printf 'libc %s\n' "${v%%"$cvmfs_nl"*}"
+printf 'libc %s\n' "${v%%"$platform_nl"*}"
 """
 
 
@@ -133,7 +135,7 @@ def script(binds: Sequence[str] = (), cvmfs_root: str = "/cvmfs", cvmfs_repos: S
     if cvmfs_repos:
         lines.append(cvmfs_section(cvmfs_root, cvmfs_repos))
     if platform:
-        lines.append("cvmfs_nl='\n'\n" + _PLATFORM)
+        lines.append(_PLATFORM)
     lines.append('echo "end"\n')
     return "".join(lines)
 
