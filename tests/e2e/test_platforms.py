@@ -58,8 +58,12 @@ output = out.{label}.txt
 error = err.{label}.txt
 log = job.log
 +REQUIRED_OS = "{required_os}"
+{extra}
 queue
 """
+# The site's own container policy, before the platforms snippet (which
+# composes with it): jobs naming an image run in it (the common OSG setting).
+SITE_SINGULARITY = "SINGULARITY_JOB = !isUndefined(TARGET.SingularityImage)\n"
 BUSYBOX_TOOLS = "sh true echo cat ls id env sleep mkdir rm touch uname head tr wc"
 
 
@@ -117,6 +121,7 @@ def pool(request):
     pool.install_project()
     install_images(pool)
     pool.configure(*SNIPPETS[request.param], extra=ENTRY_POINTS + CONF)
+    pool.write("/etc/condor/config.d/54-site-singularity.conf", SITE_SINGULARITY)
     pool.start()
     try:
         yield pool
@@ -133,9 +138,9 @@ def slot(pool, what, predicate, timeout=60):
     return pool.wait_for(check, timeout, what)
 
 
-def run_jobs(pool, *oses):
+def run_jobs(pool, *oses, extra=""):
     """One job per REQUIRED_OS value: {value: cluster}."""
-    return {required_os: pool.submit(JOB.format(label=label(required_os), required_os=required_os))
+    return {required_os: pool.submit(JOB.format(label=label(required_os), required_os=required_os, extra=extra))
             for required_os in oses}
 
 
@@ -182,6 +187,11 @@ def test_platforms_are_measured_and_jobs_get_the_image_of_theirs(pool):
     assert f"IMAGE={INSIDE}/trixie" in output(pool, "any") and "trixie" in output(pool, "any")
     # "rhel8,debian14": no rhel8 here, so the next of the job's list.
     assert f"IMAGE={INSIDE}/found/forky.sif" in output(pool, "rhel8,debian14")
+
+    # A job naming its own image is left alone: it runs in it, REQUIRED_OS or not.
+    own = run_jobs(pool, "rhel9,own", extra=f'+SingularityImage = "{INSIDE}/found/forky.sif"')
+    pool.wait_for(lambda: done(pool, *own.values()), 90, "the job with its own image")
+    assert f"IMAGE={INSIDE}/found/forky.sif" in output(pool, "rhel9,own")
 
 
 def test_a_broken_rhel9_image_keeps_rhel9_jobs_off_while_other_platforms_run(pool):
