@@ -316,3 +316,17 @@ def test_the_cap_and_the_budget_leave_images_untested_and_say_so(tmp_path):
     assert r.facts["images_untested"] == ("img0", "img1") and "the probe's budget ran out" in r.reason
     assert catalogue.over_budget(3.0, 30.0, 1.0) is False and catalogue.over_budget(3.0, 30.0, 2.0) is True
     assert catalogue.over_budget(1.0, 30.0, 0.1) is True and catalogue.over_budget(4.0, 3.0, 10.0) is False
+
+
+def test_text_from_inside_an_image_stays_one_bounded_label_and_one_quoted_value():
+    """A hostile os-release (escape sequences, quotes, a ClassAd injection attempt, 2000 characters)."""
+    from startd_health.monitor.metrics import exposition
+    evil = 'PRETTY_NAME="x\x1b[31m\\"] Injected = true; [' + "y" * 2000 + '"\nID=debian\nVERSION_ID=13'
+    r = judge(Gathered(RT, name="apptainer", version="1.4.5", launches=(
+        Launch("img", "/i", True, 0.1, "unprivileged", platform=platform_of(inside.parse(script_output(evil)))),)))
+    text = exposition([r], _verdict([r])).decode()
+    line = next(line for line in text.splitlines() if line.startswith("startd_health_container_image_info"))
+    assert "\x1b" not in line and len(line) < 600
+    cron = render(RunReport([r]), _verdict([r]), 0.0)
+    assert not [line for line in cron.splitlines() if line.startswith("Injected")]
+    assert parse_cron_output(cron)["StartdHealthContainerPlatform_img"] == "debian13"

@@ -132,6 +132,7 @@ def _list_facts(r: ProbeResult) -> List[Tuple[str, str, Tuple[str, ...], Tuple[s
     return out
 
 
+MAX_INFO_CHARS = 128
 KEYED = "_by_"   # as monitor/cron.py: <what>_by_<key> facts hold `key=value` elements
 
 
@@ -139,6 +140,8 @@ def _keyed_families(r: ProbeResult) -> Iterator[Any]:
     """One info metric per key kind: the keyed facts <what>_by_<key> of a
     probe folded into startd_health_<probe>_<key>_info{<key>, <what>...} = 1."""
     from prometheus_client.core import InfoMetricFamily
+
+    from startd_health.monitor.cron import clean_text
 
     by_key: Dict[str, Dict[str, Dict[str, str]]] = {}
     for name, value in sorted(r.facts.items()):
@@ -148,7 +151,9 @@ def _keyed_families(r: ProbeResult) -> Iterator[Any]:
         for item in value:
             if "=" in item:
                 k, v = item.split("=", 1)
-                by_key.setdefault(key, {}).setdefault(k, {})[what] = v
+                # Text from inside an image (its os-release): one bounded line per label.
+                by_key.setdefault(key, {}).setdefault(clean_text(k, MAX_INFO_CHARS), {})[what] = \
+                    clean_text(v, MAX_INFO_CHARS)
     for key, rows in sorted(by_key.items()):
         labels = sorted({what for row in rows.values() for what in row} - {key})
         family = InfoMetricFamily(metric_name(PREFIX, r.probe, key), f"{r.probe} probe: what is known of each {key}",
