@@ -196,9 +196,10 @@ def test_condor_default_image_is_added_to_the_launches(tmp_path):
     ctx = ctx_for("/x", images=("el9=/opt/el9.sif",))
     ctx.condor = Params()
     ctx.settings = dict(ctx.settings, condor_image=True)
-    assert images_to_test(ctx) == (("el9", "/opt/el9.sif"), ("condor_default", "/cvmfs/x/el9:latest"))
+    images, _ = images_to_test(ctx)
+    assert [(i.name, i.path) for i in images] == [("el9", "/opt/el9.sif"), ("condor_default", "/cvmfs/x/el9:latest")]
     ctx.settings = dict(ctx.settings, condor_image=False)
-    assert images_to_test(ctx) == (("el9", "/opt/el9.sif"),)
+    assert [(i.name, i.path) for i in images_to_test(ctx)[0]] == [("el9", "/opt/el9.sif")]
 
 
 def test_htcondors_singularity_is_what_gets_tested_never_a_look_alike(tmp_path):

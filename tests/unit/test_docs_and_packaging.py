@@ -19,6 +19,10 @@ PACKAGING_MACROS = {"STARTD_HEALTH_CRON", "STARTD_HEALTH_CRON_PERIOD", "STARTD_H
                     "STARTD_HEALTH_USABLE", "STARTD_HEALTH_START_GATE",
                     "STARTD_HEALTH_COMMAND", "STARTD_HEALTH_BENCH_INTERVAL", "STARTD_HEALTH_BENCH_IDLE",
                     "STARTD_HEALTH_BENCH_WHEN", "STARTD_HEALTH_BENCH_START"}
+# 55-startd-health-platforms.conf's macros (REQUIRED_OS -> image)
+PACKAGING_MACROS |= {"STARTD_HEALTH_REQUIRED_OS", "STARTD_HEALTH_JOB_PLATFORM", "STARTD_HEALTH_JOB_IMAGE",
+                     "STARTD_HEALTH_WANTS_PLATFORM", "STARTD_HEALTH_PLATFORM_GATE"}
+PACKAGING_MACROS |= {f"STARTD_HEALTH_PICK_{n}" for n in range(4)} | {f"STARTD_HEALTH_PICK_OS_{n}" for n in range(4)}
 HTCONDOR_OWN = {"STARTD_HEALTH_EXPRS"}
 
 
@@ -33,6 +37,8 @@ def test_every_knob_is_documented():
 
 def generic_name(name: str) -> str:
     name = re.sub(r"_el9$", "_<image>", name)
+    name = re.sub(r"^(StartdHealthContainerImage)_(rhel|debian|ubuntu)\d+$|^(StartdHealthContainerImage)_default$",
+                  lambda m: (m.group(1) or m.group(3)) + "_<platform>", name)
     for repo in ("oasis_opensciencegrid_org", "cms_ib_cern_ch"):
         name = re.sub(f"_{repo}$", "_<repo>", name).replace(f"_{repo}_", "_<repo>_")
     name = re.sub(r"^(StartdHealthGpuMemoryBytes_)\d+$", r"\1<index>", name)

@@ -43,5 +43,6 @@ def main(args: argparse.Namespace) -> int:
     if config["TEXTFILE_DIR"]:
         from startd_health.monitor.textfile import write_textfile
         report.state_error = report.state_error or write_textfile(config["TEXTFILE_DIR"], report.results, verdict)
-    emit(render(report, verdict, time.time(), ospool=config["OSPOOL_ATTRIBUTES"]))
+    emit(render(report, verdict, time.time(), ospool=config["OSPOOL_ATTRIBUTES"],
+                glideinwms=config["GLIDEINWMS_ATTRIBUTES"]))
     return EXIT_STATE if report.state_error else EXIT_OK

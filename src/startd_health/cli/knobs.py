@@ -61,6 +61,9 @@ CRON_OUTPUT = (
     Knob("OSPOOL_ATTRIBUTES", parse_bool, True, "also publish the OSPool pilot's CVMFS attribute names "
          "(`HAS_CVMFS_<repo>`, `CVMFS_<repo>_REVISION`, `_NIOERR`, `_LAST_IOERR`) so existing job requirements "
          "keep matching", "BOOL"),
+    Knob("GLIDEINWMS_ATTRIBUTES", parse_bool, False, "also publish GlideinWMS' glidein names derived from the "
+         "healthy images: `GLIDEIN_REQUIRED_OS` (the platforms, comma-separated) and `SINGULARITY_IMAGES_DICT` "
+         "(`platform:path,...,default:path`)", "BOOL"),
 )
 EXPORTER = (
     Knob("EXPORTER_LISTEN", _parse_listen, ("127.0.0.1", 9761), "where `startd-health exporter` listens "

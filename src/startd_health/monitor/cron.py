@@ -98,6 +98,7 @@ def attribute(*parts: str) -> str:
 # OSPool HAS_CVMFS_<repo> names.
 MATCHED_ON = frozenset({
     "StartdHealthContainerAvailable", "StartdHealthContainerRequirement", "StartdHealthContainerImagesOk",
+    "StartdHealthContainerPlatforms",
     "StartdHealthCvmfsReposOk",
     "StartdHealthBenchmarksDb12Score_wholenode", "StartdHealthBenchmarksMatmulFlops_wholenode",
 })
@@ -170,7 +171,39 @@ def _ospool_entries(result: ProbeResult) -> List[_Entry]:
     return entries
 
 
-def _entries(result: ProbeResult, now: float, age: bool = True, ospool: bool = False) -> List[_Entry]:
+# Keyed facts: a list fact (a tuple) named <what>_by_<key> holds `key=value` elements
+# and is published as one attribute per key, StartdHealth<Probe><What>_<key>
+# (as measurements are: StartdHealthContainerLaunchSeconds_el9). Jobs select
+# images through StartdHealthContainerImage_<platform>: never cut.
+KEYED = "_by_"
+MATCHED_ON_KEYED = frozenset({"image_by_platform"})
+
+
+def keyed_items(value: Fact) -> List[tuple]:
+    """A keyed fact's (key, value) pairs."""
+    return [tuple(item.split("=", 1)) for item in value if "=" in item] if isinstance(value, tuple) else []
+
+
+def _keyed_entries(probe: str, name: str, value: Fact) -> List[_Entry]:
+    what = name.split(KEYED, 1)[0]
+    kind = KEPT if name in MATCHED_ON_KEYED else FACT
+    return [_Entry(f"{attribute(probe, what)}_{label_suffix(key)}", text, kind) for key, text in keyed_items(value)]
+
+
+# GlideinWMS glidein names (singularity_setup.sh), derived from what is healthy
+# here: GLIDEIN_REQUIRED_OS lists the platforms, SINGULARITY_IMAGES_DICT maps
+# each (and `default`) to its image.
+def _glideinwms_entries(result: ProbeResult) -> List[_Entry]:
+    if result.probe != "container" or "platforms" not in result.facts:
+        return []
+    platforms = result.facts.get("platforms", ())
+    images = keyed_items(result.facts.get("image_by_platform", ()))
+    return [_Entry("GLIDEIN_REQUIRED_OS", ",".join(platforms), KEPT),
+            _Entry("SINGULARITY_IMAGES_DICT", ",".join(f"{k}:{v}" for k, v in images), KEPT)]
+
+
+def _entries(result: ProbeResult, now: float, age: bool = True, ospool: bool = False,
+             glideinwms: bool = False) -> List[_Entry]:
     """One probe's attributes, in the order they are printed."""
     probe = result.probe
     entries = [_Entry(attribute(probe, "ok"), result.status.usable, KEPT),
@@ -179,12 +212,15 @@ def _entries(result: ProbeResult, now: float, age: bool = True, ospool: bool = F
     if age:
         entries.append(_Entry(attribute(probe, "age"), int(result.age(now)), AGE))
     for name, value in sorted(result.facts.items()):
+        if KEYED in name and isinstance(value, tuple):
+            entries.extend(_keyed_entries(probe, name, value))
+            continue
         name = attribute(probe, name)
         entries.append(_Entry(name, value, KEPT if name in MATCHED_ON else FACT))
     for m in result.measurements:
         name = measurement_attribute(probe, m)
         entries.append(_Entry(name, _number(m), KEPT if name in MATCHED_ON else MEASUREMENT))
-    return entries + (_ospool_entries(result) if ospool else [])
+    return entries + (_ospool_entries(result) if ospool else []) + (_glideinwms_entries(result) if glideinwms else [])
 
 
 def _line(entry: _Entry, cut: _Cut = _CUTS[0]) -> Optional[str]:
@@ -259,11 +295,12 @@ def render_probes(results: Iterable[ProbeResult], now: float) -> str:
     return "".join(line + "\n" for line in lines + alias_lines(results)) + "-\n"
 
 
-def render(report: RunReport, verdict: Verdict, now: float, ospool: bool = True) -> str:
+def render(report: RunReport, verdict: Verdict, now: float, ospool: bool = True, glideinwms: bool = False) -> str:
     """The complete cron output: attribute lines, then the closing `-` line,
     in at most MAX_OUTPUT_BYTES.
 
     ospool: also publish the OSPool pilot's CVMFS attribute names.
+    glideinwms: also publish GlideinWMS' GLIDEIN_REQUIRED_OS and SINGULARITY_IMAGES_DICT.
     """
     lines = [
         f"{ATTR_PREFIX}Ok = {render_value(verdict.ok)}",
@@ -279,7 +316,7 @@ def render(report: RunReport, verdict: Verdict, now: float, ospool: bool = True)
     if report.overlapped:
         lines.append(f"{ATTR_PREFIX}Overlapped = true")
     lines.extend(alias_lines(report.results))
-    blocks = [_entries(result, now, ospool=ospool) for result in report.results]
+    blocks = [_entries(result, now, ospool=ospool, glideinwms=glideinwms) for result in report.results]
     cuts = [0] * len(blocks)
     body = [_block(entries, _CUTS[0]) for entries in blocks]
     room = MAX_OUTPUT_BYTES - _size(lines) - 2  # the closing "-\n"

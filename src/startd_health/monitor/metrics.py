@@ -16,6 +16,9 @@ timestamps as `_timestamp_seconds`, no free text in labels.
   startd_health_<probe>_info{<fact>=...}                string facts, value 1
   startd_health_<probe>_<item>_ok{<item>=...}           from the fact pair <items>_ok / <items>_failed (1/0)
   startd_health_<probe>_<items>_<state>{<item>=...}     other list facts, value 1 per item
+  startd_health_<probe>_<key>_info{<key>=...,<what>=...}  keyed facts <what>_by_<key> (`key=value`
+                                                        elements), one series per key: e.g.
+                                                        startd_health_container_image_info{image,platform,os,...}
   startd_health_<probe>_<measurement>[_<unit>]{labels}  measurements
   startd_health_<family>_<measurement>[_<unit>]{probe,labels}  measurements several probes share
                                                         (Measurement.family: every site check's
@@ -115,6 +118,7 @@ def _fact_families(r: ProbeResult) -> Iterator[Any]:
             strings[metric_name(name)] = value
     if strings:
         yield InfoMetricFamily(metric_name(PREFIX, r.probe), f"{r.probe} probe: descriptive facts", value=strings)
+    yield from _keyed_families(r)
     for items, state, ok, bad in _list_facts(r):
         item = singular(items)
         gauge = GaugeMetricFamily(metric_name(PREFIX, r.probe, item, state),
@@ -132,7 +136,7 @@ def _list_facts(r: ProbeResult) -> List[Tuple[str, str, Tuple[str, ...], Tuple[s
     an <items>_failed list is folded into its <items>_ok twin as zeros."""
     out = []
     for name, value in sorted(r.facts.items()):
-        if not isinstance(value, tuple) or "_" not in name:
+        if not isinstance(value, tuple) or "_" not in name or KEYED in name:
             continue
         items, state = name.rsplit("_", 1)
         if state == "failed" and isinstance(r.facts.get(f"{items}_ok"), tuple):
@@ -140,6 +144,37 @@ def _list_facts(r: ProbeResult) -> List[Tuple[str, str, Tuple[str, ...], Tuple[s
         zeros = r.facts.get(f"{items}_failed", ()) if state == "ok" else ()
         out.append((items, state, value, zeros if isinstance(zeros, tuple) else ()))
     return out
+
+
+MAX_INFO_CHARS = 128
+KEYED = "_by_"   # as monitor/cron.py: <what>_by_<key> facts hold `key=value` elements
+
+
+def _keyed_families(r: ProbeResult) -> Iterator[Any]:
+    """One info metric per key kind: the keyed facts <what>_by_<key> of a
+    probe folded into startd_health_<probe>_<key>_info{<key>, <what>...} = 1."""
+    from prometheus_client.core import InfoMetricFamily
+
+    from startd_health.monitor.cron import clean_text
+
+    by_key: Dict[str, Dict[str, Dict[str, str]]] = {}
+    for name, value in sorted(r.facts.items()):
+        if KEYED not in name or not isinstance(value, tuple):
+            continue
+        what, key = (metric_name(part) for part in name.split(KEYED, 1))
+        for item in value:
+            if "=" in item:
+                k, v = item.split("=", 1)
+                # Text from inside an image (its os-release): one bounded line per label.
+                by_key.setdefault(key, {}).setdefault(clean_text(k, MAX_INFO_CHARS), {})[what] = \
+                    clean_text(v, MAX_INFO_CHARS)
+    for key, rows in sorted(by_key.items()):
+        labels = sorted({what for row in rows.values() for what in row} - {key})
+        family = InfoMetricFamily(metric_name(PREFIX, r.probe, key), f"{r.probe} probe: what is known of each {key}",
+                                  labels=[key])
+        for k, row in sorted(rows.items()):
+            family.add_metric([k], {label: row.get(label, "") for label in labels})
+        yield family
 
 
 def _measurement_families(r: ProbeResult, shared: Dict[str, Any]) -> Iterator[Any]:

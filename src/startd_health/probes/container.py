@@ -16,23 +16,22 @@ system/container.py, shared with the GPU probe and the pre-job hook.
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from startd_health.core.config import (Knob, format_args, parse_args, parse_bool, parse_list, parse_positive_seconds,
-                                       parse_string)
+from startd_health.core.config import (Count, Knob, format_args, parse_args, parse_bool, parse_list,
+                                       parse_positive_seconds, parse_string)
 from startd_health.core.model import Measurement, Probe, ProbeContext, ProbeResult, Status
 from startd_health.system import container as runtimes
-from startd_health.system import inside
+from startd_health.system import images as catalogue
+from startd_health.system import inside, platforms
 from startd_health.system.container import Launch, Runtime
 
 from startd_health.system import launch_guard
 
 DEFAULT_FLAGS = "--ipc --pid --contain"   # the OSG/GlideinWMS set
 VERSION_TIMEOUT = 10.0
-_IMAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def parse_images(text: str) -> Tuple[str, ...]:
@@ -47,13 +46,10 @@ def parse_images(text: str) -> Tuple[str, ...]:
         name, sep, path = item.partition("=")
         if not sep:
             path = item
-            base = os.path.basename(path.rstrip("/")) or path
-            name = re.sub(r"\.(sif|img|simg)$", "", base)
-            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).lstrip("._-") or "image"
+            name = catalogue.image_name(path)
         if not path:
             raise ValueError(f"image entry {item!r} has no path")
-        if not _IMAGE_NAME.match(name):
-            raise ValueError(f"image name {name!r} must be letters, digits, '_', '.' or '-'")
+        catalogue.check_name(name, "image name")
         if name in seen:
             raise ValueError(f"image name {name!r} is used twice (name them: name=path)")
         seen.add(name)
@@ -69,6 +65,10 @@ class Gathered:
     version: str = ""
     version_error: str = ""
     launches: Tuple[Launch, ...] = ()
+    untested: Tuple[str, ...] = ()     # images the cap or the budget left out
+    untested_reason: str = ""
+    listing_error: str = ""            # STARTD_HEALTH_CONTAINER_IMAGE_DIRS could not be listed
+    default_image: str = ""            # the image a job asking for "any" gets (IMAGES_DICT's default)
 
 
 # ---------------------------------------------------------------- gather
@@ -94,13 +94,14 @@ def condor_default_image(expr: Optional[str]) -> str:
     return value if isinstance(value, str) and value.startswith("/") else ""
 
 
-def images_to_test(ctx: ProbeContext) -> Tuple[Tuple[str, str], ...]:
-    images = [tuple(entry.split("=", 1)) for entry in ctx.settings["images"]]
+def images_to_test(ctx: ProbeContext, found: Sequence[catalogue.Image] = ()) -> Tuple[List[catalogue.Image], str]:
+    """(every image to launch in cost order (system/images.py), the default image's name)."""
+    named = list(ctx.settings["images"])
     if ctx.settings.get("condor_image", True) and ctx.condor is not None:
         path = condor_default_image(ctx.condor.get("SINGULARITY_IMAGE_EXPR"))
-        if path and path not in {p for _, p in images}:
-            images.append((CONDOR_IMAGE_NAME, path))
-    return tuple(images)  # type: ignore[return-value]
+        if path and path not in {e.split("=", 1)[1] for e in named}:
+            named.append(f"{CONDOR_IMAGE_NAME}={path}")
+    return catalogue.catalogue(named, ctx.settings.get("images_dict") or (), found)
 
 
 def gather(ctx: ProbeContext) -> Gathered:
@@ -113,10 +114,25 @@ def gather(ctx: ProbeContext) -> Gathered:
     if not version.stdout.strip():
         return Gathered(found, version_error="exit 0 but printed no version")
     name, number = runtimes.parse_version(version.stdout)
-    launches = []
+    launches: List[Launch] = []
     repos = tuple(ctx.settings.get("cvmfs_repositories") or ()) if ctx.settings.get("cvmfs", True) else ()
-    script = inside.script(ctx.settings["binds"], ctx.settings.get("cvmfs_root") or "/cvmfs", repos)
-    for image, path in images_to_test(ctx):
+    script = inside.script(ctx.settings["binds"], ctx.settings.get("cvmfs_root") or "/cvmfs", repos, platform=True)
+    listed, listing_error = catalogue.find(ctx.run, ctx.settings.get("image_dirs") or (),
+                                           min(catalogue.LIST_TIMEOUT, ctx.remaining()))
+    chosen, default = images_to_test(ctx, listed)
+    cap = ctx.settings.get("max_images") or len(chosen)
+    chosen, over = catalogue.capped(chosen, cap)
+    untested = [i.name for i in over]
+    untested_reason = catalogue.untested_reason(len(untested), cap, True, untested) if untested else ""
+    slowest = 0.0
+    for index, entry in enumerate(chosen):
+        image, path = entry.name, entry.path
+        if catalogue.over_budget(ctx.remaining(), ctx.settings["launch_timeout"], slowest):
+            left = [i.name for i in chosen[index:]]
+            untested = left + untested
+            untested_reason = "; ".join(filter(None, [catalogue.untested_reason(len(left), cap, False, left),
+                                                      untested_reason]))
+            break
         # Not into a known trap: each try would leave one more stuck process.
         refused = launch_guard.refused(ctx, image, launch_guard.touched_repositories(ctx.settings, path))
         if refused:
@@ -126,10 +142,49 @@ def gather(ctx: ProbeContext) -> Gathered:
         launches.append(runtimes.launch(ctx.run, found, image, path, ctx.settings["flags"],
                                         ctx.settings["launch_timeout"], script, repos))
         launch_guard.remember(ctx, image, launches[-1].left_behind, started)
-    return Gathered(found, name=name or os.path.basename(found.path), version=number, launches=tuple(launches))
+        slowest = max(slowest, launches[-1].seconds)
+    return Gathered(found, name=name or os.path.basename(found.path), version=number, launches=tuple(launches),
+                    untested=tuple(untested), untested_reason=untested_reason, listing_error=listing_error,
+                    default_image=default)
 
 
 # ---------------------------------------------------------------- judge
+
+def platform_facts(launches: Sequence[Launch], default_image: str = "") -> Tuple[Dict[str, object], List[str]]:
+    """(facts, contradictions) about what the images are inside (system/platforms.py).
+
+    platforms: the canonical platforms with at least one healthy image;
+    image_by_platform: the image a job asking for each gets: the first
+    healthy one in launch order whose name claims that platform, else the
+    first healthy one of it; key "default": the dict's default image when
+    healthy, else the first healthy image (what "any" gets). The per-image
+    facts (<what>_by_image) cover every image whose platform was read."""
+    read = [l for l in launches if l.platform is not None]
+    healthy = [l for l in read if l.ok and l.platform.name]
+    chosen: Dict[str, Launch] = {}
+    for l in healthy:
+        current = chosen.get(l.platform.name)
+        if current is None or (platforms.claimed(l.image) == l.platform.name
+                               and platforms.claimed(current.image) != l.platform.name):
+            chosen[l.platform.name] = l
+    by_platform = [f"{name}={l.path}" for name, l in chosen.items()]
+    ok = [l for l in launches if l.ok]
+    default = next((l for l in ok if l.image == default_image), ok[0] if ok else None)
+    if default is not None:
+        by_platform.append(f"{catalogue.DEFAULT_KEY}={default.path}")
+    contradictions = [why for why in (platforms.contradiction(l.image, l.platform) for l in read) if why]
+    facts: Dict[str, object] = {
+        "platforms": tuple(sorted(chosen)),
+        "image_by_platform": tuple(by_platform),
+        "platform_by_image": tuple(f"{l.image}={l.platform.name or 'unknown'}" for l in read),
+        "os_by_image": tuple(f"{l.image}={l.platform.os_name}" for l in read if l.platform.os_name),
+        "os_version_by_image": tuple(f"{l.image}={l.platform.os_version}" for l in read if l.platform.os_version),
+        "arch_by_image": tuple(f"{l.image}={l.platform.arch}" for l in read if l.platform.arch),
+        "glibc_by_image": tuple(f"{l.image}={l.platform.glibc}" for l in read if l.platform.glibc),
+        "images_mislabeled": tuple(l.image for l in read if platforms.contradiction(l.image, l.platform)),
+    }
+    return facts, contradictions
+
 
 REQUIREMENT_LEVELS = ("REQUIRED", "OPTIONAL", "NEVER")
 
@@ -179,14 +234,27 @@ def judge(g: Gathered, partial_ok: bool = False) -> ProbeResult:
         facts["pid_namespace"] = all(pidns)
     measurements = tuple(Measurement("launch", l.seconds, "seconds", {"image": l.image}) for l in g.launches if l.ok)
     what = f"{g.name} {g.version}" + (f" ({facts['mode']})" if modes else "")
+    found, contradictions = platform_facts(g.launches, g.default_image)
+    facts.update(found)
+    if g.untested:
+        facts["images_untested"] = g.untested
+    # Not judged as failures: an image left out or a directory that did not
+    # list is said in the reason (the images tested are what is published).
+    notes = [n for n in (g.untested_reason, g.listing_error) if n]
     if not g.launches:
-        return ProbeResult("container", Status.OK, f"{what}; no image configured to launch", facts, measurements)
+        reason = "; ".join([f"{what}; no image configured to launch"] + notes)
+        return ProbeResult("container", Status.OK, reason, facts, measurements)
     errors = "; ".join(f"{l.image}: {l.error}" for l in g.launches if not l.ok)
     summary = f"{what}: {len(ok)}/{len(g.launches)} images launch"
     if not bad:
-        return ProbeResult("container", Status.OK, summary, facts, measurements)
+        # A healthy image whose name claims another platform works, and is
+        # offered for what it really is; the node is degraded so that
+        # someone renames or fixes it.
+        status = Status.DEGRADED if contradictions else Status.OK
+        return ProbeResult("container", status, "; ".join([summary] + contradictions + notes), facts, measurements)
     status = Status.DEGRADED if ok and partial_ok else Status.FAILED
-    return ProbeResult("container", status, f"{summary}; {errors}", facts, measurements)
+    return ProbeResult("container", status, "; ".join([f"{summary}; {errors}"] + contradictions + notes), facts,
+                       measurements)
 
 
 def resolved_runtime(config) -> Tuple[str, str]:
@@ -220,6 +288,17 @@ class ContainerProbe(Probe):
              "login shell (e.g. `module load apptainer`)", "COMMAND"),
         Knob("CONTAINER_IMAGES", parse_images, (), "images to launch, as `[name=]path` entries separated by "
              "commas or spaces; the names are what jobs match on", "LIST"),
+        Knob("CONTAINER_IMAGES_DICT", catalogue.parse_images_dict, (), "more images to launch, in GlideinWMS' "
+             "`SINGULARITY_IMAGES_DICT` form `rhel9:/path,rhel8:/path,default:/path` (the key names the image; "
+             "`default` marks the image jobs asking for `any` get)", "DICT"),
+        Knob("CONTAINER_IMAGE_DIRS", catalogue.parse_image_dirs, (), "more images to launch, found in directories "
+             "or globs (e.g. `/cvmfs/singularity.opensciencegrid.org/opensciencegrid/*`): each match, or each "
+             "unpacked image and SIF file in a directory; unpacked ones are launched first, then SIFs smallest first",
+             "LIST"),
+        Knob("CONTAINER_MAX_IMAGES", Count(minimum=1, maximum=1000), 20, "launch at most this many of the images "
+             "found in `STARTD_HEALTH_CONTAINER_IMAGE_DIRS` per run (named and dict images are not capped); the "
+             "rest, and any image the probe's budget does not reach, are listed in "
+             "`StartdHealthContainerImagesUntested` and the reason", "COUNT"),
         Knob("CONTAINER_FLAGS", parse_args, parse_args(DEFAULT_FLAGS), "flags given to `exec` for each "
              "launch test (the default is the OSG set)", "FLAGS", format_args),
         Knob("CONTAINER_LAUNCH_TIMEOUT", parse_positive_seconds, 30.0, "budget for one image launch", "SECONDS"),

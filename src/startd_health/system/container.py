@@ -18,7 +18,7 @@ import shutil
 from dataclasses import dataclass, replace
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
-from startd_health.system import inside
+from startd_health.system import inside, platforms
 from startd_health.system.procs import CommandResult, last_line, run_command
 
 RUNTIME_NAMES = ("apptainer", "singularity")
@@ -45,6 +45,7 @@ class Launch:
     error: str = ""
     pid_namespace: Optional[bool] = None   # inside in another pid namespace than ours
     left_behind: Tuple[int, ...] = ()      # pids the launch left stuck (unkillable: see system/stuck.py)
+    platform: Optional[platforms.Platform] = None   # what the image is inside (when asked and read)
 
 
 def _run_command(argv: Sequence[str], timeout: Optional[float] = None,
@@ -145,9 +146,17 @@ def launch(run: Run, runtime: Runtime, image: str, path: str, flags: Sequence[st
     if not result.ok:
         return Launch(image, path, False, result.duration_seconds, error=result.describe_failure(),
                       left_behind=result.left_behind)
-    return replace(judge_launch(image, path, result.duration_seconds, inside.parse(result.stdout, cvmfs_repos),
-                                os.getuid(), own_pid_namespace(), last_line(result.stdout)),
-                   left_behind=result.left_behind)
+    report = inside.parse(result.stdout, cvmfs_repos)
+    return replace(judge_launch(image, path, result.duration_seconds, report, os.getuid(), own_pid_namespace(),
+                                last_line(result.stdout)),
+                   left_behind=result.left_behind, platform=platform_of(report))
+
+
+def platform_of(report: inside.InsideReport) -> Optional[platforms.Platform]:
+    """The platform the inside script's platform section found (None: the section did not run)."""
+    if not (report.os_release or report.arch or report.libc):
+        return None
+    return platforms.identify(report.os_release, report.arch, report.libc)
 
 
 def judge_launch(image: str, path: str, seconds: float, report: inside.InsideReport, uid: int, our_pidns: str,

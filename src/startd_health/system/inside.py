@@ -13,6 +13,9 @@ hung) is told apart from one that finished:
   check <name> ok|fail [detail]           environment sanity, expected bind mounts
   cvmfs <repo> ok [revision]              one per CVMFS repository asked for (the CVMFS
   cvmfs <repo> fail <reason>              probe's check, as far as sh and ls can make it)
+  os <KEY>=<value>                         the platform section (container probe only): chosen
+  arch <uname -m>                          os-release keys, /etc/redhat-release and
+  libc <first line of its version>         /etc/debian_version, machine, C library
   end
 
 Adding a section means adding its shell text and its parsing here, so that
@@ -87,8 +90,43 @@ def cvmfs_section(root: str, repos: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def script(binds: Sequence[str] = (), cvmfs_root: str = "/cvmfs", cvmfs_repos: Sequence[str] = ()) -> str:
-    """The whole inside script: core checks, expected bind mounts, CVMFS repositories, `end`."""
+# ---------------------------------------------------------------- platform
+# What the image is (system/platforms.py names it): the os-release keys that
+# name a platform (/usr/lib/os-release when /etc has none), the release files
+# older or minimal images have instead, the machine, and the C library.
+# Only sh built-ins and uname; the C library answers `getconf
+# GNU_LIBC_VERSION`, or is asked itself: glibc's libc.so.6 and musl's loader
+# print their version when executed (they exit at once: nothing to hang on).
+_PLATFORM = r"""platform_nl='
+'
+for f in /etc/os-release /usr/lib/os-release; do
+  [ -r "$f" ] || continue
+  while IFS= read -r l || [ -n "$l" ]; do
+    case $l in ID=*|ID_LIKE=*|NAME=*|VERSION_ID=*|VERSION_CODENAME=*|PRETTY_NAME=*) printf 'os %s\n' "$l" ;; esac
+  done < "$f"
+  break
+done
+for f in redhat-release debian_version; do
+  if [ -r "/etc/$f" ]; then IFS= read -r l < "/etc/$f"; printf 'os %s=%s\n' "$f" "$l"; fi
+done
+printf 'arch %s\n' "$(uname -m 2>/dev/null)"
+v=$(getconf GNU_LIBC_VERSION 2>/dev/null)
+if [ -z "$v" ]; then
+  for f in /lib64/libc.so.6 /usr/lib64/libc.so.6 /lib/*-linux-gnu*/libc.so.6 /usr/lib/*-linux-gnu*/libc.so.6 /lib/libc.so.6 /lib/ld-musl-*.so.1; do
+    [ -x "$f" ] || continue
+    v=$("$f" 2>&1)
+    case $v in *"Version "*) v="musl ${v#*Version }" ;; esac
+    break
+  done
+fi
+printf 'libc %s\n' "${v%%"$platform_nl"*}"
+"""
+
+
+def script(binds: Sequence[str] = (), cvmfs_root: str = "/cvmfs", cvmfs_repos: Sequence[str] = (),
+           platform: bool = False) -> str:
+    """The whole inside script: core checks, expected bind mounts, CVMFS
+    repositories, the platform facts (when asked: the container probe), `end`."""
     lines = [_CORE]
     for path in binds:
         quoted = shlex.quote(path)
@@ -96,6 +134,8 @@ def script(binds: Sequence[str] = (), cvmfs_root: str = "/cvmfs", cvmfs_repos: S
                      f'else echo "check bind:{_safe(path)} fail not mounted inside"; fi\n')
     if cvmfs_repos:
         lines.append(cvmfs_section(cvmfs_root, cvmfs_repos))
+    if platform:
+        lines.append(_PLATFORM)
     lines.append('echo "end"\n')
     return "".join(lines)
 
@@ -122,6 +162,9 @@ class InsideReport:
     pidns: str = ""                       # 'pid:[4026531836]' as seen inside
     checks: List[Tuple[str, bool, str]] = field(default_factory=list)   # (name, ok, detail)
     cvmfs: Dict[str, CvmfsInside] = field(default_factory=dict)          # by repository
+    os_release: Dict[str, str] = field(default_factory=dict)   # platform section: KEY -> raw value
+    arch: str = ""
+    libc: str = ""
     other: List[str] = field(default_factory=list)                       # lines no section claims
 
     @property
@@ -176,6 +219,12 @@ def parse(output: str, cvmfs_repos: Sequence[str] = ()) -> InsideReport:
             report.checks.append((name, status == "ok", detail.strip()))
         elif word == "cvmfs":
             cvmfs_lines.append(line)
+        elif word == "os":
+            key, sep, value = rest.partition("=")
+            if sep and key and len(report.os_release) < 16:
+                report.os_release.setdefault(key, value.rstrip("\r")[:MAX_REASON_CHARS])
+        elif word in ("arch", "libc"):
+            setattr(report, word, rest.strip()[:MAX_REASON_CHARS])
         elif line.strip():
             report.other.append(line)
     report.uid_map = "\n".join(rows)
