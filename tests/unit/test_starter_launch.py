@@ -223,7 +223,8 @@ def test_the_probe_launches_as_the_starter_does(tmp_path):
     assert argv.splitlines()[:len(expected.options)] == list(expected.options[1:]) + [str(image)]
     scratch = expected.scratch
     assert f"TMPDIR={scratch}" in env and f"APPTAINER_TMPDIR={scratch}" in env and f"PWD={scratch}" in env
-    assert r.facts["launch"] == "starter" and r.facts["launch_argv"] == " ".join(expected.argv())
+    assert r.facts["launch"] == "starter" and r.facts["launch_argv"] == " ".join(expected.argv()).replace(expected.slot_dir, "<slot>")
+    assert r.facts["launch_slot_dir"] == expected.slot_dir
     assert os.listdir(execute) == []        # the scratch directory is removed
 
 
@@ -236,7 +237,7 @@ def test_a_full_tmp_is_not_what_the_launch_uses_but_a_read_only_execute_is(tmp_p
         ctx.condor.values["EXECUTE"] = "/proc/sys"
     r = judge(gather(ctx))
     assert r.status is Status.FAILED
-    assert "cannot create a job scratch directory on EXECUTE" in r.reason
+    assert "cannot create a job scratch directory in EXECUTE" in r.reason
 
 
 def test_the_job_accounts_access_from_permission_bits():

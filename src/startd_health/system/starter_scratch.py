@@ -33,6 +33,7 @@ EXTRACT_FACTOR = 3
 # itself (-C, or --contain --ipc --cleanenv): not added to the starter's launch.
 CONTAINMENT = {"-C", "--containall", "-c", "--contain", "-i", "--ipc", "-p", "--pid", "-e", "--cleanenv"}
 SQUASHFUSE = ("squashfuse_ll", "squashfuse")
+C_LOCALE = dict(os.environ, LC_ALL="C")   # coreutils' messages without translated quotes
 
 
 @dataclass
@@ -46,6 +47,7 @@ class StarterFacts:
     extra_flags: Tuple[str, ...] = ()     # ours, after the starter's arguments
     slot: starter.SlotFacts = starter.SlotFacts()
     argv: Tuple[str, ...] = ()            # the last launch's command line (for the record)
+    slot_dir: str = ""                    # its slot directory (EXECUTE/startd-health.<pid>.<n>, removed since)
     untestable: Tuple[str, ...] = ()
     skipped_binds: Tuple[str, ...] = ()
     knob_args: Tuple[Tuple[str, str], ...] = ()
@@ -122,13 +124,18 @@ def launch(ctx: Any, st: StarterFacts, runtime: Runtime, image: str, path: str, 
                 return Launch(image, path, False, 0.0, error=f"job account {st.account.name} cannot use the {what}: "
                                                              f"{why}")
 
-    owner = ["-o", str(st.account.uid), "-g", str(st.account.gid)] if st.dropped and st.account else []
-    made = ctx.run(["install", "-d", "-m", "0700", *owner, built.slot_dir, built.scratch], timeout=MKDIR_TIMEOUT)
+    made_dirs = [built.slot_dir] + ([built.scratch] if built.scratch != built.slot_dir else [])
+    made = ctx.run(["mkdir", "-m", "0700", "--", *made_dirs], timeout=MKDIR_TIMEOUT, env=C_LOCALE)
+    if made.ok and st.dropped and st.account is not None:
+        made = ctx.run(["chown", f"{st.account.uid}:{st.account.gid}", "--", *made_dirs], timeout=MKDIR_TIMEOUT,
+                       env=C_LOCALE)
     try:
         if not made.ok:
-            detail = (made.stderr.strip().splitlines() or [made.describe_failure()])[-1]
+            # The first complaint ends in the system's error text ("Read-only file system").
+            lines = made.stderr.strip().splitlines()
+            detail = lines[0].rsplit(": ", 1)[-1] if lines else made.describe_failure()
             return Launch(image, path, False, made.duration_seconds,
-                          error=f"cannot create a job scratch directory on EXECUTE ({st.execute}): {detail}")
+                          error=f"cannot create a job scratch directory in EXECUTE {st.execute}: {detail}")
         result = _run(ctx, st, runtime, image, path, built, script, cvmfs_repos)
         if not result.ok and built.pid_namespaces is None and not result.left_behind:
             # SINGULARITY_USE_PID_NAMESPACES = auto: the startd tried -C first and
@@ -150,6 +157,7 @@ def _run(ctx: Any, st: StarterFacts, runtime: Runtime, image: str, path: str, bu
     if st.dropped and st.account is not None:
         argv = job_account.drop_argv(st.account) + argv
     st.argv = tuple(options + [built.image])
+    st.slot_dir = built.slot_dir
     env = starter.runtime_environment(runtime.env if runtime.env is not None else os.environ, built)
     result = launch_argv(ctx.run, image, path, argv, ctx.settings["launch_timeout"], cvmfs_repos, env=env,
                          cwd=built.scratch, uid=st.account.uid if st.dropped and st.account else None)
@@ -195,7 +203,9 @@ def finish(ctx: Any, st: StarterFacts, runtime: Runtime, modes: Sequence[str] = 
 def facts(st: StarterFacts) -> Dict[str, Any]:
     out: Dict[str, Any] = {
         "launch": "starter",
-        "launch_argv": " ".join(st.argv),
+        # The slot directory written once, as <slot>: the whole line stays readable in the ad.
+        "launch_argv": " ".join(st.argv).replace(st.slot_dir, "<slot>") if st.slot_dir else " ".join(st.argv),
+        "launch_slot_dir": st.slot_dir,
         "job_user": st.account.name if st.account else "",
         "job_user_launch": "as the account" if st.dropped else "as this user; the account's access from permissions",
         "sif_mode": st.sif_mode,
