@@ -15,9 +15,7 @@ import time
 
 import pytest
 
-from tests.realpool.pool import RealPool
-
-from .conftest import ENTRY_POINTS
+from .conftest import ENTRY_POINTS, started_pool
 
 pytestmark = pytest.mark.e2e
 
@@ -61,16 +59,8 @@ SLOT_DIR = re.compile(r"\S+/dir_\d+(?=/|\s|$)")   # the starter's slot directory
 
 @pytest.fixture(scope="module", params=["mix", "sid"], ids=["condor23.9", "condor25.14"])
 def pool(request):
-    pool = RealPool(request.param)
-    pool.build()
-    pool.install_project()
-    pool.sh("cp /opt/containers/test.sif /opt/containers/site.sif && chmod 644 /opt/containers/site.sif")
-    pool.configure(*SNIPPETS[request.param], extra=ENTRY_POINTS + CONF)
-    pool.start(pre_start=PRE_START)
-    try:
+    with started_pool(request.param, SNIPPETS[request.param], ENTRY_POINTS + CONF, PRE_START) as pool:
         yield pool
-    finally:
-        pool.stop()
 
 
 def in_pool(pool, script, check=True):

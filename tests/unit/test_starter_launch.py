@@ -251,3 +251,29 @@ def test_the_job_accounts_access_from_permission_bits():
     assert "/opt (mode 700, owner 0:0) cannot be entered" in ja.denied(nobody, "/opt/site.sif", closed)
     assert ja.choose_name("", "slot1") == ("slot1", "HTCondor's SLOT1_USER")
     assert ja.choose_name("", None)[0] == "nobody"
+
+
+@pytest.mark.root   # a small tmpfs as EXECUTE
+def test_extraction_mode_warns_when_execute_cannot_hold_the_unpacked_image(tmp_path):
+    """No squashfuse here (the test host has none): for an unprivileged
+    runtime a SIF is unpacked into the job's scratch directory on EXECUTE,
+    which is too small for it."""
+    import subprocess
+    from startd_health.probes.container import Gathered, judge
+    from startd_health.system import starter_scratch
+    from startd_health.system.container import Launch, Runtime
+    ctx, log, execute, image, rt = starter_ctx(tmp_path)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(execute)], check=True)
+    try:
+        runtime = Runtime(str(rt), "HTCondor SINGULARITY")
+        st = starter_scratch.prepare(ctx, runtime, True)
+        st.sizes[str(image)] = 2**20
+        st = starter_scratch.finish(ctx, st, runtime, ["unprivileged"])
+    finally:
+        subprocess.run(["umount", "-l", str(execute)], check=False)
+    assert st.sif_mode == "extraction" and st.scratch_free <= 2 * 2**20
+    r = judge(Gathered(runtime, name="apptainer", version="1.4.5", starter=st,
+                       launches=(Launch("site", str(image), True, 0.1, "unprivileged"),)))
+    assert r.status is Status.DEGRADED, r.reason
+    assert "a SIF is extracted into the job's scratch directory on EXECUTE" in r.reason
+    assert r.facts["sif_mode"] == "extraction"

@@ -19,6 +19,7 @@ as EXTRACT_FACTOR times the SIF, the usual squashfs compression ratio).
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -118,7 +119,8 @@ def launch(ctx: Any, st: StarterFacts, runtime: Runtime, image: str, path: str, 
     # The job account must reach the image and EXECUTE, whatever we (condor) can.
     if st.account is not None and not st.dropped:
         stats = [s for s, _ in found.values()]
-        for target, what in ((path, "image"), (st.execute, "EXECUTE")):
+        # An image we cannot see ourselves is left to the runtime's own error, as before.
+        for target, what in [(t, w) for t, w in ((path, "image"), (st.execute, "EXECUTE")) if t in found]:
             why = job_account.denied(st.account, target, stats, need_dir=what == "EXECUTE")
             if why:
                 return Launch(image, path, False, 0.0, error=f"job account {st.account.name} cannot use the {what}: "
@@ -137,14 +139,17 @@ def launch(ctx: Any, st: StarterFacts, runtime: Runtime, image: str, path: str, 
             return Launch(image, path, False, made.duration_seconds,
                           error=f"cannot create a job scratch directory in EXECUTE {st.execute}: {detail}")
         result = _run(ctx, st, runtime, image, path, built, script, cvmfs_repos)
-        if not result.ok and built.pid_namespaces is None and not result.left_behind:
+        if (not result.ok and built.pid_namespaces is None and not result.left_behind
+                and "namespace" in result.error.lower()):
             # SINGULARITY_USE_PID_NAMESPACES = auto: the startd tried -C first and
-            # fell back without pid namespaces; so do we.
+            # fell back without pid namespaces when that failed; so do we.
+            argv = st.argv
             fallback = _build(ctx, st, runtime, path, index, existing, dirs, no_pidns=True)
             retry = _run(ctx, st, runtime, image, path, fallback, script, cvmfs_repos)
             if retry.ok:
                 st.no_pid_namespaces = True
-                result = retry
+                return retry
+            st.argv = argv
         return result
     finally:
         ctx.run(["rm", "-rf", "--one-file-system", "--", built.slot_dir], timeout=MKDIR_TIMEOUT)
@@ -163,11 +168,11 @@ def _run(ctx: Any, st: StarterFacts, runtime: Runtime, image: str, path: str, bu
                          cwd=built.scratch, uid=st.account.uid if st.dropped and st.account else None)
     if not result.ok:
         # Name the site's arguments the launch had: the usual culprit when only the starter's launch fails.
-        given = "; ".join(f"{knob} gave {args}" for knob, args in built.knob_args
-                          if knob in ("SINGULARITY_EXTRA_ARGUMENTS", "SINGULARITY_BIND_EXPR", "SINGULARITY_TARGET_DIR"))
+        given = ", ".join(f"{knob} {args}" for knob, args in built.knob_args
+                          if knob in ("SINGULARITY_EXTRA_ARGUMENTS", "SINGULARITY_TARGET_DIR"))
         if given:
-            return Launch(result.image, result.path, False, result.seconds, result.mode, f"{result.error} ({given})",
-                          result.pid_namespace, result.left_behind)
+            return Launch(result.image, result.path, False, result.seconds, result.mode,
+                          f"launch with {given}: {result.error}", result.pid_namespace, result.left_behind)
     return result
 
 
@@ -185,9 +190,11 @@ def finish(ctx: Any, st: StarterFacts, runtime: Runtime, modes: Sequence[str] = 
     except ValueError:
         st.scratch_free = None
     found = _stat(ctx, candidates + ["/dev/fuse"])
-    has_squashfuse = any(p in found for p in candidates)
+    account = st.account
+    has_squashfuse = any(p in found and stat.S_ISREG(found[p][0].mode)
+                         and (account is None or job_account.allowed(account, found[p][0], os.X_OK))
+                         for p in candidates)
     fuse = found.get("/dev/fuse")
-    account = st.account if st.account is not None else None
     fuse_ok = fuse is not None and (account is None or job_account.allowed(account, fuse[0], os.R_OK | os.W_OK))
     if "privileged" in modes:
         st.sif_mode = "kernel"
