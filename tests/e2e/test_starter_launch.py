@@ -105,6 +105,21 @@ def test_probe_launch_equals_the_starters_and_execute_faults_refuse_jobs(pool):
     print(f"[{pool.variant}] starter: {theirs}\n[{pool.variant}] probe:   {ours}")
     assert normalised(ours) == normalised(theirs)
     assert "-B /srv/data" in ours and "-S /tmp" in ours
+    # The starter's pre-job test is the same line with `-q test` for `exec`.
+    tests = [line.split(" cmd is ", 1)[1] for line in logs.splitlines() if "singularity test for job" in line]
+    assert tests and normalised(tests[-1]) == normalised(ours.replace(" exec ", " -q test ", 1))
+
+    # A bind in SINGULARITY_EXTRA_ARGUMENTS whose source is gone: refused, naming the argument.
+    pool.write("/etc/condor/config.d/99-test.conf", ENTRY_POINTS + CONF + "SINGULARITY_EXTRA_ARGUMENTS = --bind /gone:/data\n")
+    pool.reconfig()
+    try:
+        ad = slot(pool, "StartdHealthContainerReason", timeout=30, StartdHealthOk=False)
+        assert "launch with SINGULARITY_EXTRA_ARGUMENTS --bind /gone:/data: " in ad["StartdHealthContainerReason"]
+        assert "/gone" in ad["StartdHealthContainerReason"].split(": ", 3)[-1]   # the runtime's own complaint
+    finally:
+        pool.write("/etc/condor/config.d/99-test.conf", ENTRY_POINTS + CONF)
+        pool.reconfig()
+    slot(pool, timeout=30, StartdHealthOk=True)
 
     # EXECUTE remounted read-only (a filesystem after errors): refused, naming it.
     in_pool(pool, f"mount -o remount,ro {EXECUTE}")
