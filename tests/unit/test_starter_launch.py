@@ -277,3 +277,16 @@ def test_extraction_mode_warns_when_execute_cannot_hold_the_unpacked_image(tmp_p
     assert r.status is Status.DEGRADED, r.reason
     assert "a SIF is extracted into the job's scratch directory on EXECUTE" in r.reason
     assert r.facts["sif_mode"] == "extraction"
+
+
+def test_without_htcondor_the_launch_is_our_own_and_its_scratch_is_the_runtimes_default(tmp_path):
+    from startd_health.probes.container import gather, judge
+    from .helpers import make_context
+    ctx, log, execute, image, rt = starter_ctx(tmp_path)
+    ctx = make_context("container", runtime=str(rt), images=(f"site={image}",), flags=("--ipc",), launch_timeout=10.0)
+    r = judge(gather(ctx))
+    assert r.status is Status.OK, r.reason
+    # The stand-in runs the script on the host: as root, the full uid map of a privileged runtime.
+    assert r.facts["sif_mode"] == ("kernel" if os.geteuid() == 0 else "extraction")
+    assert r.facts["launch"] == "own" and r.facts["scratch_free_bytes"] > 0
+    assert log.read_text().splitlines()[:2] == ["exec", "--ipc"]

@@ -40,7 +40,7 @@ C_LOCALE = dict(os.environ, LC_ALL="C")   # coreutils' messages without translat
 @dataclass
 class StarterFacts:
     condor_version: str
-    execute: str
+    execute: str                          # EXECUTE; for our own launch, the runtime's temporary directory
     apptainer: bool
     account: Optional[job_account.Account]
     account_error: str = ""
@@ -58,6 +58,7 @@ class StarterFacts:
     scratch_free: Optional[int] = None    # bytes free where the runtime extracts (EXECUTE)
     scratch_needed: int = 0
     warnings: List[str] = field(default_factory=list)
+    kind: str = "starter"                 # starter | own (no HTCondor: STARTD_HEALTH_CONTAINER_FLAGS, our environment)
 
 
 def prepare(ctx: Any, runtime: Runtime, apptainer: bool) -> Optional[StarterFacts]:
@@ -77,6 +78,20 @@ def prepare(ctx: Any, runtime: Runtime, apptainer: bool) -> Optional[StarterFact
                              rocm=os.path.exists(procfs.path(ctx.system_root, "sys/module/amdgpu")))
     return StarterFacts(condor.get("CONDOR_VERSION") or "", execute, apptainer, account, error,
                         dropped=os.geteuid() == 0 and account is not None, extra_flags=extra, slot=slot)
+
+
+def own(ctx: Any, runtime: Runtime, images: Sequence[Tuple[str, str]]) -> StarterFacts:
+    """Our own launch (no HTCondor configuration): the runtime's scratch is
+    its defaults, APPTAINER_TMPDIR, else TMPDIR, else /tmp, as we run it."""
+    env = runtime.env if runtime.env is not None else os.environ
+    tmpdir = env.get("APPTAINER_TMPDIR") or env.get("SINGULARITY_TMPDIR") or env.get("TMPDIR") or "/tmp"
+    st = StarterFacts("", tmpdir, True, None, kind="own")
+    paths = [path for _, path in images if os.path.isabs(path)]
+    if paths:
+        for path, (found, size) in _stat(ctx, paths).items():
+            if stat.S_ISREG(found.mode):
+                st.sizes[path] = size
+    return st
 
 
 def _build(ctx: Any, st: StarterFacts, runtime: Runtime, path: str, index: int, existing: Optional[set] = None,
@@ -202,12 +217,19 @@ def finish(ctx: Any, st: StarterFacts, runtime: Runtime, modes: Sequence[str] = 
         st.sif_mode = "squashfuse" if has_squashfuse and fuse_ok else "extraction"
     st.scratch_needed = EXTRACT_FACTOR * max(st.sizes.values(), default=0)
     if st.sif_mode == "extraction" and st.scratch_free is not None and st.scratch_free < st.scratch_needed:
-        st.warnings.append(f"a SIF is extracted into the job's scratch directory on EXECUTE ({st.execute}: "
+        where = ("the job's scratch directory on EXECUTE" if st.kind == "starter"
+                 else "the runtime's temporary directory")
+        st.warnings.append(f"a SIF is extracted into {where} ({st.execute}: "
                            f"{st.scratch_free // 2**20} MiB free, about {st.scratch_needed // 2**20} MiB needed)")
     return st
 
 
 def facts(st: StarterFacts) -> Dict[str, Any]:
+    if st.kind != "starter":
+        mine: Dict[str, Any] = {"launch": st.kind, "sif_mode": st.sif_mode}
+        if st.scratch_free is not None:
+            mine["scratch_free_bytes"] = st.scratch_free
+        return mine
     out: Dict[str, Any] = {
         "launch": "starter",
         # The slot directory written once, as <slot>: the whole line stays readable in the ad.
