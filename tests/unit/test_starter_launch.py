@@ -224,7 +224,7 @@ def test_the_probe_launches_as_the_starter_does(tmp_path):
     scratch = expected.scratch
     assert f"TMPDIR={scratch}" in env and f"APPTAINER_TMPDIR={scratch}" in env and f"PWD={scratch}" in env
     assert r.facts["launch"] == "starter" and r.facts["launch_argv"] == " ".join(expected.argv()).replace(expected.slot_dir, "<slot>")
-    assert r.facts["launch_slot_dir"] == expected.slot_dir
+    assert "<slot>/scratch" in r.facts["launch_argv"]
     assert os.listdir(execute) == []        # the scratch directory is removed
 
 
@@ -290,3 +290,15 @@ def test_without_htcondor_the_launch_is_our_own_and_its_scratch_is_the_runtimes_
     assert r.facts["sif_mode"] == ("kernel" if os.geteuid() == 0 else "extraction")
     assert r.facts["launch"] == "own" and r.facts["scratch_free_bytes"] > 0
     assert log.read_text().splitlines()[:2] == ["exec", "--ipc"]
+
+
+@pytest.mark.bindings
+def test_skipped_binds_and_untestable_knobs_are_published(tmp_path):
+    from startd_health.probes.container import gather, judge
+    ctx, log, execute, image, rt = starter_ctx(tmp_path, SINGULARITY_BIND_EXPR=f'"/gone-here,{tmp_path}"',
+                                               SINGULARITY_EXTRA_ARGUMENTS='strcat("-B ", TARGET.Data)')
+    r = judge(gather(ctx))
+    assert r.status is Status.OK, r.reason
+    assert r.facts["binds_skipped"] == ("/gone-here",) and f"-B {tmp_path} " in r.facts["launch_argv"]
+    assert r.facts["knobs_untestable"] == ("SINGULARITY_EXTRA_ARGUMENTS",)
+    assert "not testable without a job: SINGULARITY_EXTRA_ARGUMENTS" in r.reason

@@ -233,16 +233,16 @@ def facts(st: StarterFacts) -> Dict[str, Any]:
     out: Dict[str, Any] = {
         "launch": "starter",
         # The slot directory written once, as <slot>: the whole line stays readable in the ad.
+        # (No fact of the directory itself: its name changes every run, a new series each time in Prometheus.)
         "launch_argv": " ".join(st.argv).replace(st.slot_dir, "<slot>") if st.slot_dir else " ".join(st.argv),
-        "launch_slot_dir": st.slot_dir,
         "job_user": st.account.name if st.account else "",
         "job_user_launch": "as the account" if st.dropped else "as this user; the account's access from permissions",
         "sif_mode": st.sif_mode,
     }
     if st.untestable:
-        out["not_testable"] = st.untestable
+        out["knobs_untestable"] = tuple(u.split(":", 1)[0] for u in st.untestable)
     if st.skipped_binds:
-        out["skipped_binds"] = st.skipped_binds
+        out["binds_skipped"] = st.skipped_binds
     if st.scratch_free is not None:
         out["scratch_free_bytes"] = st.scratch_free
     if st.no_pid_namespaces:
