@@ -142,3 +142,21 @@ def test_cron_publishes_the_execute_verdict(tmpfs, cli_env):
     ad = parse_cron_output(proc.stdout)
     assert ad["StartdHealthOk"] is False and ad["StartdHealthExecuteDirsFailed"] == [str(ro)]
     assert "read-only" in ad["StartdHealthReason"]
+
+
+@pytest.mark.root   # drops to another account
+def test_run_as_root_the_directory_is_tested_as_htcondors_account():
+    """Root writes anywhere; the starter makes job directories as condor
+    (here CONDOR_IDS names nobody, 65534): a root-only EXECUTE fails."""
+    import shutil
+    import tempfile
+    closed = tempfile.mkdtemp(prefix="startd-health-execute-")   # under /tmp: pytest's tmp_path is root-only
+    try:
+        os.chmod(closed, 0o755)
+        ctx = make_context("execute", condor=Condor(EXECUTE=closed, CONDOR_IDS="65534.65534"))
+        r = ExecuteProbe().run(ctx)
+        assert r.status is Status.FAILED and "create: Permission denied (EACCES)" in r.reason
+        os.chown(closed, 65534, 65534)
+        assert ExecuteProbe().run(ctx).status is Status.OK
+    finally:
+        shutil.rmtree(closed, ignore_errors=True)

@@ -9,7 +9,8 @@ EXECUTE ("Failed to create scratch dir", then a rematch loop) or on a full
 one (the job starts and fails), and reports it only afterwards.
 
 Each directory is tested by a child (probes/_execute_test.py) with its own
-timeout: a hung filesystem blocks the child, never the probe. A child that
+timeout, as the condor user (run as root, the child becomes HTCondor's
+account first: root would write where condor cannot): a hung filesystem blocks the child, never the probe. A child that
 could not be killed is remembered (system/stuck.py) and, while it lives,
 the directory is reported hung without starting another.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -90,6 +92,23 @@ def _record(path: str) -> str:
     return "execute-" + hashlib.sha1(path.encode()).hexdigest()[:12]
 
 
+def condor_ids(ctx: ProbeContext) -> Tuple[str, ...]:
+    """Run as root: (uid, gid) of HTCondor's account (CONDOR_IDS, else condor), as whom the
+    starter creates job scratch directories; () otherwise (we are that account already, or none exists)."""
+    if os.geteuid() != 0:
+        return ()
+    ids = (ctx.condor.get("CONDOR_IDS") or "") if ctx.condor is not None else ""
+    uid, _, gid = ids.strip().partition(".")
+    if uid.isdigit() and gid.isdigit():
+        return uid, gid
+    try:
+        import pwd
+        entry = pwd.getpwnam("condor")
+    except (ImportError, KeyError):
+        return ()
+    return str(entry.pw_uid), str(entry.pw_gid)
+
+
 def check_dir(ctx: ProbeContext, path: str, knobs: Tuple[str, ...], timeout: float) -> DirCheck:
     scratch = ctx.scratch_dir()
     still = stuck.still_stuck(scratch, _record(path))
@@ -97,7 +116,8 @@ def check_dir(ctx: ProbeContext, path: str, knobs: Tuple[str, ...], timeout: flo
         return DirCheck(path, knobs, hung=f"an earlier test ({still.describe()}, since {stuck.iso(still.since)}) "
                                           "is still stuck in it")
     started = time.time()
-    result = ctx.run(programs.python_argv("startd_health.probes", "_execute_test.py", path), timeout=timeout)
+    result = ctx.run(programs.python_argv("startd_health.probes", "_execute_test.py", path, *condor_ids(ctx)),
+                     timeout=timeout)
     if result.left_behind:
         stuck.remember(scratch, _record(path), result.left_behind, started)
     lines = result.stdout.splitlines()
