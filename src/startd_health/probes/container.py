@@ -27,6 +27,7 @@ from startd_health.system import container as runtimes
 from startd_health.system import images as catalogue
 from startd_health.system import inside, platforms
 from startd_health.system.container import Launch, Runtime
+from startd_health.system import starter_scratch
 
 from startd_health.system import launch_guard
 
@@ -69,6 +70,7 @@ class Gathered:
     untested_reason: str = ""
     listing_error: str = ""            # STARTD_HEALTH_CONTAINER_IMAGE_DIRS could not be listed
     default_image: str = ""            # the image a job asking for "any" gets (IMAGES_DICT's default)
+    starter: Optional[starter_scratch.StarterFacts] = None   # the launch's facts (the starter's, or our own)
 
 
 # ---------------------------------------------------------------- gather
@@ -124,6 +126,9 @@ def gather(ctx: ProbeContext) -> Gathered:
     chosen, over = catalogue.capped(chosen, cap)
     untested = [i.name for i in over]
     untested_reason = catalogue.untested_reason(len(untested), cap, True, untested) if untested else ""
+    # As the starter launches for a job (its knobs, a job account, a scratch
+    # directory on EXECUTE) when HTCondor is configured: system/starter_scratch.py.
+    starter = starter_scratch.prepare(ctx, found, name == "apptainer" or "apptainer" in version.stdout)
     slowest = 0.0
     for index, entry in enumerate(chosen):
         image, path = entry.name, entry.path
@@ -139,13 +144,19 @@ def gather(ctx: ProbeContext) -> Gathered:
             launches.append(Launch(image, path, False, 0.0, error=refused))
             continue
         started = time.time()
-        launches.append(runtimes.launch(ctx.run, found, image, path, ctx.settings["flags"],
-                                        ctx.settings["launch_timeout"], script, repos))
+        if starter is not None:
+            launches.append(starter_scratch.launch(ctx, starter, found, image, path, index, script, repos))
+        else:
+            launches.append(runtimes.launch(ctx.run, found, image, path, ctx.settings["flags"],
+                                            ctx.settings["launch_timeout"], script, repos))
         launch_guard.remember(ctx, image, launches[-1].left_behind, started)
         slowest = max(slowest, launches[-1].seconds)
+    if starter is None:   # our own launch: the runtime's scratch is its defaults
+        starter = starter_scratch.own(ctx, found, [(i.name, i.path) for i in chosen])
+    starter = starter_scratch.finish(ctx, starter, found, [l.mode for l in launches if l.ok])
     return Gathered(found, name=name or os.path.basename(found.path), version=number, launches=tuple(launches),
                     untested=tuple(untested), untested_reason=untested_reason, listing_error=listing_error,
-                    default_image=default)
+                    default_image=default, starter=starter)
 
 
 # ---------------------------------------------------------------- judge
@@ -233,6 +244,10 @@ def judge(g: Gathered, partial_ok: bool = False) -> ProbeResult:
     if pidns:
         facts["pid_namespace"] = all(pidns)
     measurements = tuple(Measurement("launch", l.seconds, "seconds", {"image": l.image}) for l in g.launches if l.ok)
+    starter_notes: List[str] = []
+    if g.starter is not None:
+        facts.update(starter_scratch.facts(g.starter))
+        starter_notes = starter_scratch.notes(g.starter)
     what = f"{g.name} {g.version}" + (f" ({facts['mode']})" if modes else "")
     found, contradictions = platform_facts(g.launches, g.default_image)
     facts.update(found)
@@ -240,7 +255,7 @@ def judge(g: Gathered, partial_ok: bool = False) -> ProbeResult:
         facts["images_untested"] = g.untested
     # Not judged as failures: an image left out or a directory that did not
     # list is said in the reason (the images tested are what is published).
-    notes = [n for n in (g.untested_reason, g.listing_error) if n]
+    notes = [n for n in (g.untested_reason, g.listing_error) if n] + starter_notes
     if not g.launches:
         reason = "; ".join([f"{what}; no image configured to launch"] + notes)
         return ProbeResult("container", Status.OK, reason, facts, measurements)
@@ -250,7 +265,7 @@ def judge(g: Gathered, partial_ok: bool = False) -> ProbeResult:
         # A healthy image whose name claims another platform works, and is
         # offered for what it really is; the node is degraded so that
         # someone renames or fixes it.
-        status = Status.DEGRADED if contradictions else Status.OK
+        status = Status.DEGRADED if contradictions or (g.starter is not None and g.starter.warnings) else Status.OK
         return ProbeResult("container", status, "; ".join([summary] + contradictions + notes), facts, measurements)
     status = Status.DEGRADED if ok and partial_ok else Status.FAILED
     return ProbeResult("container", status, "; ".join([f"{summary}; {errors}"] + contradictions + notes), facts,
@@ -312,6 +327,14 @@ class ContainerProbe(Probe):
              "(`STARTD_HEALTH_CVMFS_REPOSITORIES`) inside every image; put the `--bind /cvmfs` your jobs get "
              "into `STARTD_HEALTH_CONTAINER_FLAGS`",
              "BOOL"),
+        Knob("CONTAINER_STARTER_LAUNCH", parse_bool, True, "with HTCondor configured, launch as the starter "
+             "launches a job: its arguments (`SINGULARITY_*`, `MOUNT_UNDER_SCRATCH`; containment flags of "
+             "CONTAINER_FLAGS are then HTCondor's business, other flags are appended), as the job account, in a "
+             "scratch directory on EXECUTE with the starter's environment", "BOOL"),
+        Knob("CONTAINER_JOB_USER", parse_string, "", "the unprivileged account that stands for job users: "
+             "run as root the launch drops to it; run as condor (a STARTD_CRON job) its access to each image and "
+             "to EXECUTE is judged from the permission bits", "USER",
+             default_text="HTCondor's `SLOT1_USER` when set, else `nobody`"),
         Knob("CONTAINER_PARTIAL_OK", parse_bool, False, "when some but not all images launch, report "
              "degraded (node stays usable; jobs must match on `StartdHealthContainerImagesOk`) instead of failed",
              "BOOL"),
