@@ -264,15 +264,22 @@ class Daemon:
         text = render(report, verdict, now, ospool=self.options.ospool)
         return text, _VOLATILE.sub("", text), verdict.ok
 
-    def publish(self, now_mono: float, force: bool = False) -> None:
-        """Print the ad if it changed, or if the heartbeat is due (or force)."""
+    def publish(self, now_mono: float, changed_results: bool = True) -> None:
+        """Print the ad if it changed, or if the heartbeat is due.
+        changed_results=False: no new result since the last call, so only
+        the heartbeat (or the first ad's deadline) can make one (an ad is
+        not even composed otherwise)."""
+        heartbeat_due = now_mono - self._last_emit >= self.options.heartbeat
+        first_due = not self._emitted and now_mono >= self._first_ad_by
+        if not (changed_results or heartbeat_due or first_due):
+            return
         waiting = [s.name for s in self.schedules.values() if s.name not in self.latest]
-        if not self._emitted and waiting and now_mono < self._first_ad_by:
+        if not self._emitted and waiting and not first_due:
             return   # the first ad waits for the first runs (bounded by one heartbeat)
         wall = time.time()
         text, signature, _ = self.compose(wall)
         changed = signature != self._signature
-        if not (changed or force or now_mono - self._last_emit >= self.options.heartbeat):
+        if not (changed or heartbeat_due):
             return
         if changed:   # ask for an immediate collector update (25.x honours it)
             text = text[:-2] + UPDATE_SEPARATOR
@@ -310,19 +317,25 @@ class Daemon:
             # No events asked: poll still reports POLLERR/POLLHUP, which is
             # what a pipe's write end gets when the startd closes its end.
             poller.register(out_fd, 0)
-        watching = self.watcher is not None and not self.watcher.empty and self.options.watch_interval > 0
-        next_watch = time.monotonic() if watching else math.inf
+        watcher = self.watcher if self.watcher is not None and not self.watcher.empty else None
+        mounts_fd = watcher.mounts_fd() if watcher is not None else None
+        if mounts_fd is not None:
+            poller.register(mounts_fd, select.POLLPRI)   # a mount or unmount
+        periodic = watcher is not None and (watcher.periodic or mounts_fd is None)
+        next_watch = time.monotonic() if watcher is not None else math.inf
+        mounts_changed = True
         while stop is None or not stop.is_set():
             now = time.monotonic()
-            if watching and now >= next_watch:
-                changed = self.watcher.poll()
+            if watcher is not None and (now >= next_watch or mounts_changed):
+                changed = watcher.poll(mounts_changed or mounts_fd is None)
+                mounts_changed = False
                 if changed:
                     log.info("event: re-run %s (%s)", " ".join(sorted(changed)),
                              self.request(sorted(changed), TRIGGER_MIN_SECONDS, "event"))
-                next_watch = now + self.options.watch_interval
-            self._collect(now)
+                next_watch = now + self.options.watch_interval if periodic else math.inf
+            got = self._collect(now)
             self._start_due(now)
-            self.publish(now)
+            self.publish(now, got)
             timeout = self._next_wakeup(time.monotonic(), next_watch)
             for fd, events in poller.poll(min(timeout, 3600.0) * 1000):
                 if fd == self._wake_r:
@@ -331,6 +344,8 @@ class Daemon:
                             pass
                     except (BlockingIOError, OSError):
                         pass
+                elif fd == mounts_fd:
+                    mounts_changed = True
                 elif events & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
                     return "stdout closed"
         return "stopped"

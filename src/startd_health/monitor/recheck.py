@@ -31,7 +31,7 @@ import re
 import socket
 import threading
 import time
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Mapping, Optional, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +218,39 @@ def request_recheck(state_dir: str, probes: Sequence[str] = (), timeout: float =
         return None
     finally:
         sock.close()
+
+
+def recheck_and_wait(state: Any, probes: Sequence[str], settings: Mapping[str, Mapping[str, Any]],
+                     poll_seconds: float = 0.2) -> bool:
+    """`check --now`: ask the daemon of state (a core.state.StateDir) to re-run
+    probes and wait, bounded, until each has a result that ended after the
+    request. False when no daemon answered (the caller runs them itself);
+    True otherwise, even if the wait ran out (the caller then shows the last
+    results, a warning names the probes)."""
+    asked = time.time()
+    reply = request_recheck(state.path, probes, timeout=2.0)
+    if reply is None:
+        log.info("no daemon answers on %s: running the probes here", socket_path(state.path))
+        return False
+    if not reply.startswith(("queued", "rate-limited")):
+        log.warning("the daemon answered %r: running the probes here", reply)
+        return False
+    # A run may have to wait for the rate limit, then takes up to its budget.
+    budget = requested_seconds(reply) + max(float(settings[p]["timeout"]) for p in probes) + 10.0
+    deadline = time.monotonic() + budget
+    waiting = list(probes)
+    while waiting and time.monotonic() < deadline:
+        waiting = [p for p in waiting if not _ended_after(state.load(p), asked)]
+        if waiting:
+            time.sleep(poll_seconds)
+    if waiting:
+        log.warning("the daemon has no fresh result of %s after %.0fs: showing the last ones",
+                    " ".join(waiting), budget)
+    return True
+
+
+def _ended_after(result: Any, moment: float) -> bool:
+    return result is not None and result.started_at >= moment
 
 
 def requested_seconds(reply: str) -> float:

@@ -4,9 +4,10 @@ instead of at the probe's next period.
 
 - files (a configured image, the runtime binary): removed or replaced is a
   change of stat()'s (dev, inode, size, mtime, ctime, mode), or of the error;
-- the mount table: /proc/self/mounts compared byte for byte with the last
-  read (one read of a few KiB), and only when it changed, the mounts under a
-  watched prefix (the CVMFS root) compared;
+- the mount table: the kernel flags an open /proc/self/mounts (POLLPRI) when
+  a filesystem is mounted or unmounted in our namespace, so the daemon's
+  poll() wakes at once and costs nothing meanwhile; then the mounts under a
+  watched prefix (the CVMFS root) are compared with the last ones;
 - directories that must stay writable (EXECUTE): statvfs()'s ST_RDONLY and
   access(W_OK).
 
@@ -15,12 +16,14 @@ stat()ed here: a hung mount would hang the daemon itself (a probe touches
 such paths only in children it can abandon). Its mount appearing or going is
 seen in the mount table instead. poll() returns the probes whose inputs
 changed since the previous poll; the first poll only records the baseline.
+The owner polls mounts_fd() for POLLPRI and calls poll(mounts_changed=True)
+when it fires, and poll() every interval when `periodic` (files to stat).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 from startd_health.system.procfs import Mount, parse_mounts, path as proc_path
 
@@ -83,10 +86,30 @@ class Watcher:
         self._signatures: Dict[Tuple[str, str], Signature] = {}
         self._local: Dict[str, bool] = {}   # path -> safe to stat here (not on a remote/FUSE mount)
         self._started = False
+        self._mounts_file: Optional[Any] = None
 
     @property
     def empty(self) -> bool:
         return not (self.files or self.mounts or self.writable)
+
+    @property
+    def periodic(self) -> bool:
+        """Whether anything must be stat()ed at intervals (mounts need not: see mounts_fd)."""
+        return bool(self.files or self.writable)
+
+    def mounts_fd(self) -> Optional[int]:
+        """The descriptor to poll for POLLPRI (a mount or unmount); None if it cannot be opened."""
+        if self._mounts_file is None:
+            try:
+                self._mounts_file = open(proc_path(self.system_root, "proc/self/mounts"), "rb", buffering=0)
+            except OSError:
+                return None
+        return self._mounts_file.fileno()
+
+    def close(self) -> None:
+        if self._mounts_file is not None:
+            self._mounts_file.close()
+            self._mounts_file = None
 
     def describe(self) -> List[str]:
         lines = [f"{probe}: file {path}" for probe, paths in self.files.items() for path in paths]
@@ -97,8 +120,12 @@ class Watcher:
     def _read_mounts(self) -> bool:
         """Whether the mount table changed since the last read."""
         try:
-            with open(proc_path(self.system_root, "proc/self/mounts"), "rb") as handle:
-                data = handle.read()
+            if self._mounts_file is not None:
+                self._mounts_file.seek(0)
+                data = b"".join(iter(lambda: self._mounts_file.read(1 << 16), b""))
+            else:
+                with open(proc_path(self.system_root, "proc/self/mounts"), "rb") as handle:
+                    data = handle.read()
         except OSError:
             data = b""
         if data == self._mount_bytes:
@@ -117,10 +144,12 @@ class Watcher:
         return frozenset((m.point, m.source, m.fstype) for m in self._mount_table.values()
                          if any(under(m.point, prefix) for prefix in prefixes))
 
-    def poll(self) -> Set[str]:
-        """Probes whose watched inputs changed since the last poll."""
+    def poll(self, mounts_changed: bool = True) -> Set[str]:
+        """Probes whose watched inputs changed since the last poll.
+        mounts_changed=False: the mount table is known unchanged (no POLLPRI
+        on mounts_fd since the last poll): it is not read again."""
         changed: Set[str] = set()
-        if self.mounts or self.files or self.writable:
+        if (mounts_changed or not self._started) and not self.empty:
             if self._read_mounts():
                 for probe, prefixes in self.mounts.items():
                     now = self._mount_set(prefixes)
