@@ -286,10 +286,8 @@ class Daemon:
         self.write(text)
         self._signature, self._last_emit, self._emitted = signature, now_mono, True
         self.ads += 1
-        if changed and self.options.textfile_dir:
-            self._write_textfile(wall)
 
-    def _write_textfile(self, wall: float) -> None:
+    def _write_textfile(self) -> None:
         from startd_health.monitor.textfile import write_textfile
         results = [self.latest[n] for n in self.schedules if n in self.latest]
         error = write_textfile(self.options.textfile_dir, results + list(self.on_demand()), judge(results))
@@ -334,6 +332,8 @@ class Daemon:
                              self.request(sorted(changed), TRIGGER_MIN_SECONDS, "event"))
                 next_watch = now + self.options.watch_interval if periodic else math.inf
             got = self._collect(now)
+            if got and self.options.textfile_dir:   # its last-run timestamps move with every run
+                self._write_textfile()
             self._start_due(now)
             self.publish(now, got)
             timeout = self._next_wakeup(time.monotonic(), next_watch)
