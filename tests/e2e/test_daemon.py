@@ -118,18 +118,20 @@ def daemon_pids(pool):
                 found.append(int(entry))
         except OSError:
             pass
-    return sorted(found)
+    # Not its own children (it reads HTCondor's configuration in a forked child, same command line).
+    return sorted(p for p in found if _ppid(p) not in found)
+
+
+def _ppid(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
 
 
 def descendants(pid):
-    children = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                if int(handle.read().rsplit(")", 1)[1].split()[1]) == pid:
-                    children.append(int(entry))
-        except (OSError, ValueError, IndexError):
-            pass
+    children = [int(e) for e in os.listdir("/proc") if e.isdigit() and _ppid(int(e)) == pid]
     return children + [d for c in children for d in descendants(c)]
 
 
@@ -217,6 +219,14 @@ def test_sigkill_the_startd_restarts_it_and_nothing_is_left_behind(pool):
                               for ad in pool.slots("StartdHealthTimestamp")), UPDATE_INTERVAL + 2 * HEARTBEAT,
                   "a newer ad from the restarted daemon")
     assert healthy(pool)
+    # condor_reconfig: the startd sends SIGHUP (RECONFIG = True); the daemon
+    # exits and is started again with the new configuration.
+    pool.reconfig()
+    again = pool.wait_for(lambda: [p for p in daemon_pids(pool) if p not in new], 20, "a daemon started anew "
+                          "after condor_reconfig")
+    assert len(again) == 1 and daemon_pids(pool) == again
+    with open(pool.path(f"{STATE}/daemon.log")) as handle:
+        assert "exiting on signal 1" in handle.read()
 
 
 def test_the_startd_stopping_ends_the_daemon_cleanly(pool):

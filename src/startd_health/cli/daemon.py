@@ -41,8 +41,7 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     state = StateDir(config["STATE_DIR"])
     state_error = d.ensure_state(state)
-    if not state_error:
-        d.log_to_file(state, keep_stderr=args.debug)
+    d.log_to_file(state, keep_stderr=args.debug)
     settings = probe_settings(config, probes)
     options = d.DaemonOptions(heartbeat=config["HEARTBEAT"], watch_interval=config["WATCH_INTERVAL"],
                               recheck_interval=config["RECHECK_INTERVAL"], ospool=config["OSPOOL_ATTRIBUTES"],

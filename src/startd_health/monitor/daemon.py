@@ -392,14 +392,18 @@ class DaemonLock:
 
 def log_to_file(state: StateDir, keep_stderr: bool) -> None:
     """The daemon's log: <STATE_DIR>/daemon.log, at most 2 x 1 MiB. Not
-    stderr: the startd keeps a running job's whole stderr in memory."""
+    stderr: the startd keeps a running job's whole stderr in memory. Without
+    a usable state directory the log stays on stderr, cut after
+    STDERR_RECORDS records."""
     import logging.handlers
     root = logging.getLogger()
     try:
         handler: logging.Handler = logging.handlers.RotatingFileHandler(
             os.path.join(state.path, "daemon.log"), maxBytes=1 << 20, backupCount=1)
     except OSError:
-        handler = logging.NullHandler()
+        for old in root.handlers:
+            old.addFilter(_AtMost(STDERR_RECORDS))
+        return
     handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(message)s"))
     if not keep_stderr:
         for old in list(root.handlers):
@@ -407,6 +411,21 @@ def log_to_file(state: StateDir, keep_stderr: bool) -> None:
     root.addHandler(handler)
     if root.level > logging.INFO:
         root.setLevel(logging.INFO)
+
+
+STDERR_RECORDS = 50
+
+
+class _AtMost(logging.Filter):
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.left = limit
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.left -= 1
+        if self.left == 0:
+            record.msg, record.args = "(no more log lines on stderr: the startd keeps them all in memory)", ()
+        return self.left >= 0
 
 
 def install_exit_handlers(cleanup: Callable[[], None]) -> None:
