@@ -5,7 +5,7 @@ with real Apptainer and a SIMULATED CVMFS repository (conftest).
 Measured here (printed): how soon a streamed ad is in the startd's own slot
 ad (`condor_status -direct`, what START is evaluated on) and in the
 collector (what the negotiator matches on); how soon after an image is
-removed the startd refuses jobs. The pool's UPDATE_INTERVAL is 20 s here, so
+removed the startd refuses jobs. The pool's UPDATE_INTERVAL is 15 s here, so
 that a collector update the daemon's `- update:true` forces is told apart
 from the periodic one.
 """
@@ -25,7 +25,7 @@ from .conftest import ENTRY_POINTS, REPO, SIMULATED_CVMFS
 pytestmark = pytest.mark.e2e
 
 HEARTBEAT = 5
-UPDATE_INTERVAL = 20
+UPDATE_INTERVAL = 15
 STATE = "/tmp/condor/spool/startd_health"
 # The probes at their default periods (5 min): a fault is seen through an
 # event trigger, or not for minutes.
@@ -122,6 +122,14 @@ def daemon_pids(pool):
     return sorted(p for p in found if _ppid(p) not in found)
 
 
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _ppid(pid):
     try:
         with open(f"/proc/{pid}/stat") as handle:
@@ -187,7 +195,7 @@ def test_an_image_removed_is_refused_at_once_and_a_waiting_job_starts_after_repa
             assert out == ["0", "0.0"], out
         job = pool.submit(JOB)
         idle_since = time.monotonic()
-        while time.monotonic() - idle_since < 12:   # several negotiation cycles
+        while time.monotonic() - idle_since < 8:   # several negotiation cycles
             assert pool.job_status(job) == 1, "a job started on a node without its site image"
             time.sleep(1)
     finally:
@@ -201,6 +209,41 @@ def test_an_image_removed_is_refused_at_once_and_a_waiting_job_starts_after_repa
     pool.wait_for(lambda: pool.job_status(job) == 4, 60, f"job {job} to complete")
 
 
+def in_pool_namespace(pool, script):
+    """As root in the pool's own mount namespace, where the simulated CVMFS is mounted."""
+    return subprocess.run(["nsenter", "-t", str(pool.master_pid()), "-m", "--", "/bin/sh", "-c", script],
+                          capture_output=True, text=True, timeout=30, check=True,
+                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+
+
+def test_a_repository_unmounted_is_refused_at_once(pool):
+    """The mount table changing wakes the daemon (POLLPRI on /proc/self/mounts): the cvmfs probe re-runs now."""
+    assert healthy(pool)
+    samples = watch(pool, 8)
+    time.sleep(1.5)
+    t_fault = time.time()
+    in_pool_namespace(pool, f"umount -l /cvmfs/{REPO}")
+    rows = samples.result()
+    try:
+        refused = next((wall for wall, dok, *_ in rows if wall > t_fault and dok == "false"), None)
+        assert refused is not None, f"still healthy 6 s after the unmount: {rows[-3:]}"
+        print(f"[{pool.variant}] CVMFS repository unmounted -> startd refuses: {refused - t_fault:.1f}s")
+        assert refused - t_fault <= 5.0
+    finally:
+        in_pool_namespace(pool, f"squashfuse -o allow_other,fsname=cvmfs2 /opt/cvmfs-sim/repo.sqfs /cvmfs/{REPO}")
+    t_repair = time.monotonic()
+    pool.wait_for(lambda: startd_says_healthy(pool), 40, "healthy again once the repository is back")
+    print(f"[{pool.variant}] repository mounted again -> the startd's slot ad healthy in "
+          f"{time.monotonic() - t_repair:.1f}s")
+
+
+def startd_says_healthy(pool):
+    """The startd's own slot ad (not the collector's copy)."""
+    out = pool.sh('condor_status -direct "$(condor_status -startd -af MyAddress | head -1)" -af StartdHealthOk',
+                  check=False).stdout.split()
+    return out[:1] == ["true"]
+
+
 def test_sigkill_the_startd_restarts_it_and_nothing_is_left_behind(pool):
     (old,) = daemon_pids(pool)
     children = descendants(old)
@@ -209,7 +252,9 @@ def test_sigkill_the_startd_restarts_it_and_nothing_is_left_behind(pool):
     new = pool.wait_for(lambda: [p for p in daemon_pids(pool) if p != old], 20, "the startd to restart the daemon")
     print(f"[{pool.variant}] daemon SIGKILLed -> restarted by the startd in {time.monotonic() - t0:.1f}s")
     assert len(new) == 1 and daemon_pids(pool) == new
-    assert not [c for c in children if os.path.exists(f"/proc/{c}")], "the killed daemon's children live on"
+    # SIGKILL leaves the daemon no chance to end what its probes were running:
+    # the new daemon does (from the journal of running commands).
+    pool.wait_for(lambda: not [c for c in children if alive(c)], 10, "the killed daemon's children to be ended")
     # The new daemon took the socket over (once it has started); its ads keep coming.
     reply = pool.wait_for(lambda: request_recheck(pool.path(STATE), ["cvmfs"], timeout=1.0), 20,
                           "the restarted daemon to answer on its socket")
@@ -227,6 +272,8 @@ def test_sigkill_the_startd_restarts_it_and_nothing_is_left_behind(pool):
     assert len(again) == 1 and daemon_pids(pool) == again
     with open(pool.path(f"{STATE}/daemon.log")) as handle:
         assert "exiting on signal 1" in handle.read()
+    pool.wait_for(lambda: request_recheck(pool.path(STATE), ["cvmfs"], timeout=1.0), 20,
+                  "the daemon started after condor_reconfig to answer")
 
 
 def test_the_startd_stopping_ends_the_daemon_cleanly(pool):

@@ -261,3 +261,35 @@ def test_the_textfile_follows_every_run(daemon, tmp_path):
     while path.stat().st_mtime_ns == first:   # the ad stays the same; the last-run time moves on
         assert time.monotonic() < deadline, "the textfile was not rewritten after a run"
         time.sleep(0.2)
+
+
+def test_what_a_sigkilled_daemon_left_running_is_killed_by_the_next_one(daemon, tmp_path):
+    """SIGKILL leaves the daemon no chance to end its commands (a launch
+    that hangs here); the daemon the startd starts next ends them, from
+    the journal of running commands in the state directory."""
+    (tmp_path / "apptainer").write_text("#!/bin/sh\nexec sleep 600\n")
+    d = daemon("--container-timeout", "60")
+    (tmp_path / "apptainer").write_text("#!/bin/sh\nexec sleep 600\n")   # DaemonProc wrote its own
+    deadline = time.monotonic() + 10
+    sleeper = []
+    while not sleeper:
+        assert time.monotonic() < deadline, "the hanging launch never started"
+        time.sleep(0.2)
+        sleeper = [int(p) for p in os.listdir("/proc") if p.isdigit() and _ppid(p) == d.proc.pid]
+    d.proc.kill()
+    d.proc.wait(5)
+    time.sleep(0.5)
+    assert os.path.exists(f"/proc/{sleeper[0]}"), "SIGKILL took the child along after all: nothing to test"
+    daemon()
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{sleeper[0]}") and _state(sleeper[0]) != "Z":
+        assert time.monotonic() < deadline, "the next daemon left the killed one's command running"
+        time.sleep(0.1)
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"

@@ -50,10 +50,16 @@ def main(args: argparse.Namespace) -> int:
                       watcher=d.watcher_for(probes, settings, config.condor) if config["TRIGGERS"] else None,
                       on_demand=lambda: on_demand_results(config))
     server = None
+    # From here on a signal ends us cleanly (also while we are still starting).
+    d.install_exit_handlers(lambda: server.close() if server is not None else None)
     lock = d.DaemonLock(state)
     if state_error:
         daemon.state_error = state_error
     elif lock.acquire(wait=5.0):
+        left = d.journal_commands(state)
+        if left:
+            log.warning("killed %d processes a previous daemon's commands left: %s", len(left),
+                        " ".join(map(str, left)))
         daemon.restore()
         server = RecheckServer(state.path, [p.name for p in probes], daemon.handle_recheck)
         problem = server.start()
@@ -62,7 +68,6 @@ def main(args: argparse.Namespace) -> int:
             server = None
     else:
         log.warning("another daemon holds %s: running without the re-check socket", lock.path)
-    d.install_exit_handlers(server.close if server is not None else (lambda: None))
     if daemon.watcher is not None:
         log.info("watching: %s", "; ".join(daemon.watcher.describe()) or "nothing")
     log.info("daemon started: probes %s, heartbeat %gs", " ".join(p.name for p in probes), options.heartbeat)

@@ -390,6 +390,37 @@ class DaemonLock:
                 time.sleep(0.1)
 
 
+COMMANDS_FILE = "daemon.commands"
+
+
+def journal_commands(state: StateDir) -> List[int]:
+    """Kill what a previous daemon's commands left (it was SIGKILLed: they
+    lived on), then keep our own running commands in the same file. Only
+    called by the daemon holding the DaemonLock. Returns the pids killed."""
+    import json
+
+    from startd_health.core.state import write_atomic
+    from startd_health.system import procs
+
+    path = os.path.join(state.path, COMMANDS_FILE)
+    killed: List[int] = []
+    try:
+        with open(path) as handle:
+            recorded = {int(k): int(v) for k, v in json.load(handle).items()}
+        killed = sorted(procs.kill_recorded(recorded))
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, AttributeError) as exc:
+        log.warning("ignoring %s: %s", path, exc)
+
+    def record(groups: Dict[int, int]) -> None:
+        write_atomic(path, json.dumps(groups).encode())
+
+    record({})
+    procs.set_journal(record)
+    return killed
+
+
 def log_to_file(state: StateDir, keep_stderr: bool) -> None:
     """The daemon's log: <STATE_DIR>/daemon.log, at most 2 x 1 MiB. Not
     stderr: the startd keeps a running job's whole stderr in memory. Without
