@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 
-from startd_health.cli.base import (EXIT_CONFIG, EXIT_OK, build_config, emit, on_demand_results, probe_settings,
-                                    selected_probes)
-from startd_health.core.config import ConfigError
+from startd_health.cli.base import EXIT_CONFIG, EXIT_OK, config_or_failure_ad, on_demand_results, probe_settings
 
 DESCRIPTION = ("Run the probes continuously, each on its own schedule (its _PERIOD) and at once when an event "
                "shows a change it depends on, and print a complete ClassAd, ended by a '-' line, whenever the "
@@ -28,15 +25,10 @@ CONFIG_RETRY_SECONDS = 60.0
 def main(args: argparse.Namespace) -> int:
     from startd_health.core.state import StateDir
     from startd_health.monitor import daemon as d
-    from startd_health.monitor.cron import render_failure
     from startd_health.monitor.recheck import RecheckServer
 
-    try:
-        config = build_config(args)
-        probes = selected_probes(config)
-    except ConfigError as exc:
-        log.error("%s", exc)
-        emit(render_failure(f"configuration error: {exc}", time.time()))
+    config, probes = config_or_failure_ad(args)
+    if config is None:
         d.wait_for_exit_signal(CONFIG_RETRY_SECONDS)
         return EXIT_CONFIG
     state = StateDir(config["STATE_DIR"])
