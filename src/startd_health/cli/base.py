@@ -133,6 +133,23 @@ def build_config(args: argparse.Namespace) -> Config:
     return config
 
 
+def config_or_failure_ad(args: argparse.Namespace) -> Tuple[Optional[Config], List[Any]]:
+    """(config, periodic probes) of a command that prints an ad for the
+    startd (cron, daemon); on a configuration error it prints the complete
+    unhealthy ad naming it and returns (None, [])."""
+    import logging
+    import time
+
+    from startd_health.monitor.cron import render_failure
+    try:
+        config = build_config(args)
+        return config, selected_probes(config)
+    except ConfigError as exc:
+        logging.getLogger("startd-health").error("%s", exc)
+        emit(render_failure(f"configuration error: {exc}", time.time()))
+        return None, []
+
+
 def selected_probes(config: Config) -> List[Any]:
     """The periodic probes to run: cron, check and the exporter never run an on-demand one."""
     classes = probe_classes()
