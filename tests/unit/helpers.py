@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any, List, Optional, Sequence
 
+import pytest
+
 import startd_health
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -144,3 +146,35 @@ def run_probe_as_nobody(probe: str, settings: dict, extra: str = "") -> dict:
     out = json.loads(proc.stdout)
     assert out["uid"] == 65534
     return out
+
+
+# ---------------------------------------------------------------- real small filesystems (root)
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """mount(name, options) -> path of a fresh tmpfs under tmp_path; unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.fail("mounting a tmpfs needs root (deselect with -m 'not root')")
+    mounted = []
+
+    def mount(name, options):
+        path = tmp_path / name
+        path.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
+        mounted.append(path)
+        return path
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(path):
+    """Write until the filesystem is full."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

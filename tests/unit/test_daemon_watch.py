@@ -7,8 +7,12 @@ from __future__ import annotations
 import os
 import select
 
+import pytest
+
 from startd_health.system.watch import Watcher, is_remote
 from startd_health.system.procfs import parse_mounts
+
+from .helpers import fill, tmpfs  # noqa: F401 (a fixture)
 
 MOUNTS = "/dev/vda / ext4 rw 0 0\nproc /proc proc rw 0 0\n"
 CVMFS = "cvmfs2 /cvmfs/oasis.opensciencegrid.org fuse ro,nosuid 0 0\n"
@@ -91,6 +95,21 @@ def test_execute_becoming_read_only_or_unwritable(tmp_path):
     assert w.poll(False) == set()
     execute.rmdir()
     assert w.poll(False) == {"execute"}
+
+
+@pytest.mark.root
+def test_execute_filling_up_fires_every_probe_that_writes_there(tmpfs):
+    """A real 8 MiB tmpfs filled by a file: the execute probe and the
+    container probe (the starter's scratch directory lives in EXECUTE) both
+    re-run; freeing it fires them again."""
+    execute = tmpfs("execute", "size=8m")
+    w = Watcher(writable={"execute": [str(execute)], "container": [str(execute)]}, full_bytes=1 << 20)
+    w.poll()
+    assert w.poll(False) == set()
+    fill(execute / "filler")
+    assert w.poll(False) == {"execute", "container"}
+    (execute / "filler").unlink()
+    assert w.poll(False) == {"execute", "container"}
 
 
 def test_the_real_mount_table_can_be_polled_for_changes():

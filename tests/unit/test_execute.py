@@ -15,7 +15,7 @@ from startd_health.core.model import Status
 from startd_health.probes import all_probes
 from startd_health.probes.execute import DirCheck, ExecuteProbe, Thresholds, directories, judge, judge_dir
 
-from .helpers import FakeCondor, make_context, parse_cron_output, run_cli
+from .helpers import FakeCondor, fill, make_context, parse_cron_output, run_cli, tmpfs  # noqa: F401 (a fixture)
 
 T = Thresholds(full_bytes=64 * 2**20, low_bytes=2 * 2**30, full_inodes=1000, low_inodes=50000)
 
@@ -28,36 +28,6 @@ class Condor(FakeCondor):
 def run_probe(*dirs, **knobs):
     ctx = make_context("execute", dirs=tuple(str(d) for d in dirs), **knobs)
     return ExecuteProbe().run(ctx)
-
-
-@pytest.fixture
-def tmpfs(tmp_path):
-    """mount(name, options) -> path of a fresh tmpfs under tmp_path; unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.fail("mounting a tmpfs needs root (deselect with -m 'not root')")
-    mounted = []
-
-    def mount(name, options):
-        path = tmp_path / name
-        path.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
-        mounted.append(path)
-        return path
-    yield mount
-    for path in reversed(mounted):
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(path):
-    """Write until the filesystem is full."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while os.write(fd, b"\0" * 4096):
-            pass
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def test_registered():

@@ -499,10 +499,22 @@ def watcher_for(probes: Sequence[Probe], settings: Mapping[str, Mapping[str, Any
         root = own.get("cvmfs_root") or "/cvmfs"
         if any(p.startswith(root.rstrip("/") + "/") for p in paths) or (own.get("cvmfs") and own.get("cvmfs_repositories")):
             mounts["container"] = [root]
-    execute = condor.get("EXECUTE") if condor is not None else None
-    if "execute" in names and execute and os.path.isabs(execute):
-        writable["execute"] = [execute]
-    return Watcher(files, mounts, writable)
+    full_bytes = 0
+    if "execute" in names:
+        from types import SimpleNamespace
+
+        from startd_health.probes.execute import MIB, directories
+        own = settings["execute"]
+        dirs = [path for path, _ in directories(SimpleNamespace(settings=own, condor=condor)) if os.path.isabs(path)]
+        writable["execute"] = dirs
+        full_bytes = own["full_mb"] * MIB
+    if "container" in names and settings["container"].get("starter_launch", True) and condor is not None:
+        # The starter's launch makes its scratch directory in EXECUTE: a
+        # read-only or full EXECUTE fails it too (and its reason names the launch).
+        execute = (condor.get("EXECUTE") or "").strip()
+        if os.path.isabs(execute):
+            writable["container"] = [execute]
+    return Watcher(files, mounts, writable, full_bytes=full_bytes)
 
 
 def _runtime_path(own: Mapping[str, Any], condor: Any) -> str:

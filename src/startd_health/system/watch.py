@@ -8,8 +8,9 @@ instead of at the probe's next period.
   a filesystem is mounted or unmounted in our namespace, so the daemon's
   poll() wakes at once and costs nothing meanwhile; then the mounts under a
   watched prefix (the CVMFS root) are compared with the last ones;
-- directories that must stay writable (EXECUTE): statvfs()'s ST_RDONLY and
-  access(W_OK).
+- directories that must stay writable (EXECUTE): statvfs()'s ST_RDONLY,
+  access(W_OK), and whether it is full (free space below `full_bytes`, or no
+  free inode).
 
 A watched path on a FUSE or network filesystem (CVMFS, NFS, ...) is never
 stat()ed here: a hung mount would hang the daemon itself (a probe touches
@@ -43,13 +44,14 @@ def file_signature(path: str) -> Signature:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
 
 
-def writable_signature(path: str) -> Signature:
-    """(read-only filesystem, writable by us) of a directory, or the error."""
+def writable_signature(path: str, full_bytes: int = 0) -> Signature:
+    """(read-only filesystem, writable by us, full) of a directory, or the error."""
     try:
-        flags = os.statvfs(path).f_flag
+        st = os.statvfs(path)
     except OSError as exc:
         return ("error", exc.errno)
-    return (bool(flags & os.ST_RDONLY), os.access(path, os.W_OK))
+    full = st.f_bavail * st.f_frsize < full_bytes or (st.f_files > 0 and st.f_favail == 0)
+    return (bool(st.f_flag & os.ST_RDONLY), os.access(path, os.W_OK), full)
 
 
 def mount_of(path: str, mounts: Mapping[str, Mount]) -> Optional[Mount]:
@@ -75,15 +77,16 @@ class Watcher:
     """files / mounts / writable: probe -> paths (mount point prefixes for mounts)."""
 
     def __init__(self, files: Mapping[str, Sequence[str]] = {}, mounts: Mapping[str, Sequence[str]] = {},
-                 writable: Mapping[str, Sequence[str]] = {}, system_root: str = "/") -> None:
+                 writable: Mapping[str, Sequence[str]] = {}, system_root: str = "/", full_bytes: int = 0) -> None:
         self.files = {p: tuple(v) for p, v in files.items() if v}
         self.mounts = {p: tuple(v) for p, v in mounts.items() if v}
         self.writable = {p: tuple(v) for p, v in writable.items() if v}
         self.system_root = system_root
+        self.full_bytes = full_bytes   # a writable directory with less free space than this is full
         self._mount_bytes: Optional[bytes] = None
         self._mount_table: Dict[str, Mount] = {}
         self._mount_sets: Dict[str, frozenset] = {}
-        self._signatures: Dict[Tuple[str, str], Signature] = {}
+        self._signatures: Dict[Tuple[str, str, str], Signature] = {}
         self._local: Dict[str, bool] = {}   # path -> safe to stat here (not on a remote/FUSE mount)
         self._started = False
         self._mounts_file: Optional[Any] = None
@@ -157,13 +160,14 @@ class Watcher:
                         if probe in self._mount_sets:
                             changed.add(probe)
                         self._mount_sets[probe] = now
+        full = self.full_bytes
         for kind, table, signature in (("file", self.files, file_signature),
-                                       ("writable", self.writable, writable_signature)):
+                                       ("writable", self.writable, lambda path: writable_signature(path, full))):
             for probe, paths in table.items():
                 for path in paths:
                     if not self._local.get(path, False):
                         continue
-                    key = (kind, path)
+                    key = (kind, probe, path)   # per probe: two probes may watch one path
                     now_sig = signature(path)
                     before = self._signatures.get(key)
                     self._signatures[key] = now_sig
