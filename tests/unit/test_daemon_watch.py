@@ -124,3 +124,36 @@ def test_the_real_mount_table_can_be_polled_for_changes():
     assert [e for _, e in poller.poll(0) if e & select.POLLPRI] == []   # nothing since we opened it
     w.close()
     assert os.path.exists("/proc/self/mounts")
+
+
+def test_kernel_messages_at_level_err_or_worse_fire_the_kernel_probe(tmp_path):
+    """A pipe stands in for /dev/kmsg (the host's kernel log is never written
+    to): records in kmsg's format, as the kernel prints them (recorded texts)."""
+    fifo = tmp_path / "kmsg"
+    os.mkfifo(fifo)
+    writer = os.open(fifo, os.O_RDWR)   # kept open: the reader never sees end-of-file
+    try:
+        w = Watcher(kernel_log=("kernel", str(fifo)))
+        fd = w.kmsg_fd()
+        assert fd is not None and not w.empty
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        assert poller.poll(0) == []
+        os.write(writer, b"6,1001,5000000,-;e1000e: eth0 NIC Link is Up 1000 Mbps Full Duplex\n")
+        assert poller.poll(0) and w.kmsg_drain() == set()    # info: not worth a run
+        os.write(writer, b"2,1002,6000000,-;EXT4-fs (sdb1): Remounting filesystem read-only\n"
+                         b" SUBSYSTEM=block\n DEVICE=b8:17\n")
+        assert w.kmsg_drain() == {"kernel"}
+        assert poller.poll(0) == [] and w.kmsg_drain() == set()
+        os.write(writer, b"30,1003,7000000,-;systemd[1]: Started foo.service\n")   # facility 3: not the kernel
+        assert w.kmsg_drain() == set()
+        w.close()
+    finally:
+        os.close(writer)
+
+
+def test_a_regular_file_as_kernel_log_is_not_polled(tmp_path):
+    log = tmp_path / "kmsg.txt"
+    log.write_text("2,1,1,-;EXT4-fs (sdb1): Remounting filesystem read-only\n")
+    w = Watcher(kernel_log=("kernel", str(log)))
+    assert w.kmsg_fd() is None and w.kmsg_drain() == set()

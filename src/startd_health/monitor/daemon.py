@@ -319,6 +319,9 @@ class Daemon:
         mounts_fd = watcher.mounts_fd() if watcher is not None else None
         if mounts_fd is not None:
             poller.register(mounts_fd, select.POLLPRI)   # a mount or unmount
+        kmsg_fd = watcher.kmsg_fd() if watcher is not None else None
+        if kmsg_fd is not None:
+            poller.register(kmsg_fd, select.POLLIN)   # the kernel logged something
         periodic = watcher is not None and (watcher.periodic or mounts_fd is None)
         next_watch = time.monotonic() if watcher is not None else math.inf
         mounts_changed = True
@@ -346,6 +349,13 @@ class Daemon:
                         pass
                 elif fd == mounts_fd:
                     mounts_changed = True
+                elif fd == kmsg_fd:
+                    if events & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                        poller.unregister(fd)   # a pipe whose writer went away: nothing more will come
+                    serious = watcher.kmsg_drain()
+                    if serious:
+                        log.info("event: re-run kernel (%s)", self.request(sorted(serious), TRIGGER_MIN_SECONDS,
+                                                                           "event"))
                 elif events & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
                     return "stdout closed"
         return "stopped"
@@ -514,7 +524,8 @@ def watcher_for(probes: Sequence[Probe], settings: Mapping[str, Mapping[str, Any
         execute = (condor.get("EXECUTE") or "").strip()
         if os.path.isabs(execute):
             writable["container"] = [execute]
-    return Watcher(files, mounts, writable, full_bytes=full_bytes)
+    kernel_log = ("kernel", settings["kernel"]["log"]) if "kernel" in names else None
+    return Watcher(files, mounts, writable, full_bytes=full_bytes, kernel_log=kernel_log)
 
 
 def _runtime_path(own: Mapping[str, Any], condor: Any) -> str:

@@ -11,6 +11,11 @@ instead of at the probe's next period.
 - directories that must stay writable (EXECUTE): statvfs()'s ST_RDONLY,
   access(W_OK), and whether it is full (free space below `full_bytes`, or no
   free inode).
+- the kernel log (/dev/kmsg, for the kernel probe): the daemon polls a
+  descriptor opened at its end for POLLIN; a new message of level "err" or
+  worse from the kernel itself (a read-only remount, an I/O error, a hung
+  task, a machine check, an Xid are all logged at that level) re-runs the
+  probe. Chattier levels (iptables, link up/down) do not wake it twice.
 
 A watched path on a FUSE or network filesystem (CVMFS, NFS, ...) is never
 stat()ed here: a hung mount would hang the daemon itself (a probe touches
@@ -23,7 +28,9 @@ when it fires, and poll() every interval when `periodic` (files to stat).
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 from startd_health.system.procfs import Mount, parse_mounts, path as proc_path
@@ -77,12 +84,15 @@ class Watcher:
     """files / mounts / writable: probe -> paths (mount point prefixes for mounts)."""
 
     def __init__(self, files: Mapping[str, Sequence[str]] = {}, mounts: Mapping[str, Sequence[str]] = {},
-                 writable: Mapping[str, Sequence[str]] = {}, system_root: str = "/", full_bytes: int = 0) -> None:
+                 writable: Mapping[str, Sequence[str]] = {}, system_root: str = "/", full_bytes: int = 0,
+                 kernel_log: Optional[Tuple[str, str]] = None) -> None:
         self.files = {p: tuple(v) for p, v in files.items() if v}
         self.mounts = {p: tuple(v) for p, v in mounts.items() if v}
         self.writable = {p: tuple(v) for p, v in writable.items() if v}
         self.system_root = system_root
         self.full_bytes = full_bytes   # a writable directory with less free space than this is full
+        self.kernel_log = kernel_log   # (probe, the kmsg device it reads)
+        self._kmsg_fd: Optional[int] = None
         self._mount_bytes: Optional[bytes] = None
         self._mount_table: Dict[str, Mount] = {}
         self._mount_sets: Dict[str, frozenset] = {}
@@ -93,7 +103,7 @@ class Watcher:
 
     @property
     def empty(self) -> bool:
-        return not (self.files or self.mounts or self.writable)
+        return not (self.files or self.mounts or self.writable or self.kernel_log)
 
     @property
     def periodic(self) -> bool:
@@ -113,11 +123,66 @@ class Watcher:
         if self._mounts_file is not None:
             self._mounts_file.close()
             self._mounts_file = None
+        if self._kmsg_fd is not None:
+            os.close(self._kmsg_fd)
+            self._kmsg_fd = None
+
+    def kmsg_fd(self) -> Optional[int]:
+        """A descriptor on the kernel log, at its end, to poll for POLLIN; None
+        when there is none to watch: not configured, unreadable (the kernel
+        probe says why), or neither a kmsg device nor a pipe (a regular file
+        always polls readable)."""
+        if self._kmsg_fd is None and self.kernel_log is not None:
+            try:
+                fd = os.open(self.kernel_log[1], os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                return None
+            try:
+                mode = os.fstat(fd).st_mode
+                if not (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):
+                    os.close(fd)
+                    self.kernel_log = None
+                    return None
+                if stat.S_ISCHR(mode):
+                    os.lseek(fd, 0, os.SEEK_END)   # on /dev/kmsg: after the last record
+            except OSError:
+                os.close(fd)
+                return None
+            self._kmsg_fd = fd
+        return self._kmsg_fd
+
+    def kmsg_drain(self, max_records: int = 10000) -> Set[str]:
+        """Read what the kernel logged since the last call; the kernel probe
+        when one of it is a kernel message at level err (3) or worse."""
+        fd, serious = self._kmsg_fd, False
+        if fd is None or self.kernel_log is None:
+            return set()
+        for _ in range(max_records):
+            try:
+                record = os.read(fd, 8192)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.EPIPE:   # overwritten before we read them: go on from the oldest kept
+                    serious = True
+                    continue
+                break
+            if not record:
+                break
+            # One record per read on /dev/kmsg, several lines from a pipe;
+            # continuation lines (" KEY=value") start with a space.
+            for line in record.split(b"\n"):
+                head = line.split(b",", 1)[0]
+                if head.isdigit() and int(head) <= 3:   # facility 0 (kernel) * 8 + level 0..3
+                    serious = True
+        return {self.kernel_log[0]} if serious else set()
 
     def describe(self) -> List[str]:
         lines = [f"{probe}: file {path}" for probe, paths in self.files.items() for path in paths]
         lines += [f"{probe}: mounts under {path}" for probe, paths in self.mounts.items() for path in paths]
         lines += [f"{probe}: writable {path}" for probe, paths in self.writable.items() for path in paths]
+        if self.kernel_log is not None:
+            lines.append(f"{self.kernel_log[0]}: kernel messages at level err or worse in {self.kernel_log[1]}")
         return lines
 
     def _read_mounts(self) -> bool:
