@@ -690,11 +690,18 @@ def job_events(pool: RealPool, name: str = "stream.log") -> Dict[str, List[Tuple
     return events
 
 
-def outcome(events: List[Tuple[float, str, Dict[str, Any]]], since: float) -> str:
-    """What became of a job that landed at `since`: ok | failed | held | requeued | unfinished | removed."""
+def outcome(events: List[Tuple[float, str, Dict[str, Any]]], since: float, node: str) -> str:
+    """What became of a job that landed on `node` at `since` (its StartLog activation):
+    ok | failed | held | requeued | unfinished | removed."""
+    own_execute_seen = False
     for when, kind, details in events:
         if when < since - 1:
             continue
+        if kind == "execute":
+            if details.get("node") == node and not own_execute_seen and when <= since + 30:
+                own_execute_seen = True   # this attempt's own (logged a moment after the activation)
+                continue
+            return "requeued"   # it ran again: this attempt ended without an event of its own (a hook requeue)
         if kind == "terminated":
             return "ok" if details.get("ok") else "failed"
         if kind == "held":
@@ -703,8 +710,6 @@ def outcome(events: List[Tuple[float, str, Dict[str, Any]]], since: float) -> st
             return "requeued"
         if kind == "removed":
             return "removed"
-        if kind == "execute" and when > since + 1:
-            return "requeued"   # it ran again elsewhere: this attempt ended without an event of its own
     return "unfinished"
 
 
@@ -791,7 +796,7 @@ def summarize_rounds(result: Dict[str, Any], mpool: MultiNodePool, broken: List[
         per_round = []
         for r in result["rounds"]:
             landed = [(t, job) for t, job in acts if r["wall_inject"] - 1 <= t <= r["wall_repair"]]
-            outcomes = Counter(outcome(events.get(job, []), t) for t, job in landed)
+            outcomes = Counter(outcome(events.get(job, []), t, spec.name) for t, job in landed)
             per_round.append({"landed": len({job for _, job in landed}), "attempts": len(landed),
                               "outcomes": dict(outcomes)})
         latencies = [r["refuse_s"][spec.name] for r in result["rounds"] if r["refuse_s"][spec.name] is not None]

@@ -1,9 +1,9 @@
 """`startd-health hook prepare-job`: HTCondor's <KEYWORD>_HOOK_PREPARE_JOB.
 
-The starter runs it as the JOB's user (verified on HTCondor 23.9 and 25.14:
-the submitting user's uid, or the slot user's when jobs run as slot
-users), in the job's scratch directory, with the job ad on stdin, before
-the job starts; a non-zero exit holds the job (HoldReasonCode 19,
+The starter runs it as the JOB's user (seen on the real startd, HTCondor
+23.9.6 and 25.14.1 as root: the submitting user's uid and gid, neither root
+nor condor), in the job's scratch directory, with the job ad on stdin,
+before the job starts; a non-zero exit holds the job (HoldReasonCode 19,
 HoldReasonSubCode = our exit status) with our message, and there is no
 timeout but ours. So it must be fast and bounded:
 
