@@ -156,7 +156,7 @@ if [ -e "$D/execute-tmpfs" ]; then   # a small EXECUTE of its own, that faults c
   E=$(cat "$D/execute-tmpfs")
   mount -t tmpfs -o size={EXECUTE_TMPFS_MB}m,mode=0755 tmpfs "$E" && chown condor:condor "$E"
 fi
-if [ -e "$D/tmp-tmpfs" ]; then       # a small /tmp of its own; the pool's /tmp/condor bound back into it
+if [ -e "$D/tmp-tmpfs" ]; then       # a small /tmp of its own, with /tmp/condor bound back into it
   mkdir -p "$D/tmp-keep" && mount --bind /tmp/condor "$D/tmp-keep"
   mount -t tmpfs -o size={TMP_TMPFS_MB}m,mode=1777 tmpfs /tmp
   mkdir /tmp/condor && mount --bind "$D/tmp-keep" /tmp/condor
