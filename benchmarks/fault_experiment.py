@@ -877,8 +877,9 @@ def main() -> int:
     parser.add_argument("--baseline-window", type=float, default=90,
                         help="rounds: how long the faults last without startd-health (nothing refuses)")
     parser.add_argument("--warmup", type=float, default=20, help="rounds: at least this long between rounds")
-    parser.add_argument("--daemon-phase-window", type=float, default=60,
-                        help="rounds, daemon: injections at a random time within this many seconds (its heartbeat)")
+    parser.add_argument("--daemon-phase-window", type=float, default=300,
+                        help="rounds, daemon: injections at a random time within this many seconds (the container "
+                             "probe's default period: the launch-check interval)")
     parser.add_argument("--sample-interval", type=float, default=None,
                         help="how often the gates are sampled (batch: 2 s, rounds: 1 s)")
     parser.add_argument("--nodes", default="", help="only these nodes (comma-separated names), for a quick look")
