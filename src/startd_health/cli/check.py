@@ -22,6 +22,9 @@ log = logging.getLogger("startd-health")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="run every probe now, even if a recent result exists")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table (for scripts)")
+    parser.add_argument("--now", action="store_true", help="fresh results: ask the running daemon (STATE_DIR/"
+                        "recheck.sock) to re-run the probes and wait for them; without a daemon, run them here "
+                        "(as --force)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -36,8 +39,15 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"startd-health: error: {exc}", file=sys.stderr)
         return EXIT_UNKNOWN
-    report = run_probes(probes, probe_settings(config, probes), config["DEADLINE"],
-                        state=StateDir(config["STATE_DIR"]), force=args.force, condor=config.condor)
+    settings = probe_settings(config, probes)
+    force = args.force
+    if args.now and not force:
+        # The daemon re-runs them (its results land in the state directory,
+        # which the run below then re-uses as fresh); without one, we do.
+        from startd_health.monitor.recheck import recheck_and_wait
+        force = not recheck_and_wait(StateDir(config["STATE_DIR"]), [p.name for p in probes], settings)
+    report = run_probes(probes, settings, config["DEADLINE"],
+                        state=StateDir(config["STATE_DIR"]), force=force, condor=config.condor)
     verdict, now = judge(report.results), time.time()
     shown = report.results + on_demand_results(config)  # shown, not judged
     if args.json:

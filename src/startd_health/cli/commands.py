@@ -25,7 +25,10 @@ COMMANDS = (
     Command("cron", "run the probes and print ClassAd attributes for STARTD_CRON, ending with a '-' line",
             "cron", PROBE_RUN + ("cron",), "[--force] [options]"),
     Command("check", "run the probes and print a table for a person (exit 0 healthy, 1 degraded, 2 failed, "
-            "3 configuration or internal error)", "check", PROBE_RUN, "[--force] [--json] [options]"),
+            "3 configuration or internal error)", "check", PROBE_RUN, "[--force] [--now] [--json] [options]"),
+    Command("daemon", "run the probes continuously, each on its own schedule and at once on events, printing "
+            "a complete ad for a STARTD_CRON WaitForExit job whenever something changes",
+            "daemon", PROBE_RUN + ("cron", "daemon")),
     Command("benchmark", "run the benchmarks now (the HTCondor BENCHMARKS job) and print their ClassAd lines, "
             "no verdict", "benchmark", ("STATE_DIR", "on-demand probes"), "[--force] [options]"),
     Command("exporter", "serve the node's health as Prometheus metrics; probes run on their own schedules",

@@ -75,9 +75,23 @@ HOOK = (
          "(HTCondor gives PREPARE_JOB hooks no timeout)", "SECONDS"),
 )
 
+DAEMON = (
+    Knob("HEARTBEAT", parse_positive_seconds, 60.0, "`startd-health daemon` prints its whole ad at least this "
+         "often, also when nothing changed, so that `StartdHealthTimestamp` stays fresh (54-startd-health-"
+         "daemon.conf's `STARTD_HEALTH_MAX_AGE` counts on it)", "SECONDS"),
+    Knob("TRIGGERS", parse_bool, True, "the daemon re-runs a probe at once on an event that shows a change "
+         "it depends on: a configured image or the runtime replaced or removed, a CVMFS mount gone or back, "
+         "EXECUTE read-only", "BOOL"),
+    Knob("WATCH_INTERVAL", parse_positive_seconds, 1.0, "how often the daemon looks for those events (a few "
+         "stat() calls and one read of `/proc/self/mounts`)", "SECONDS"),
+    Knob("RECHECK_INTERVAL", parse_positive_seconds, 10.0, "a probe re-runs on request (`recheck.sock`: "
+         "`check --now`, the pre-job hook) at most once per this many seconds; a later request waits for it",
+         "SECONDS"),
+)
+
 
 CORE_GROUPS = (("general", "general", GENERAL), ("cron", "cron output", CRON_OUTPUT),
-               ("exporter", "exporter", EXPORTER), ("hook", "pre-job hook", HOOK))
+               ("exporter", "exporter", EXPORTER), ("hook", "pre-job hook", HOOK), ("daemon", "daemon", DAEMON))
 
 
 def probe_knobs(name: str, cls: Any) -> Tuple[Knob, ...]:
