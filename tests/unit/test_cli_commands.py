@@ -98,7 +98,7 @@ def test_inside_script_reads_its_three_knobs(cli_env):
 def test_help_is_grouped_per_probe_with_defaults(cli_env):
     text = run_cli(["cron", "--help"], cli_env).stdout
     sections = re.findall(r"^(\S[^:\n]*) knobs:$", text, re.MULTILINE)
-    assert sections == ["general", "cron output", "container probe", "cvmfs probe", "gpu probe", "sessions probe",
+    assert sections == ["general", "cron output", "container probe", "cvmfs probe", "execute probe", "gpu probe", "sessions probe",
                         "userns probe"]
     flat = " ".join(text.split())
     assert "--deadline SECONDS the whole run ends within this many seconds; keep it below the cron period " \

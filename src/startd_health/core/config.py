@@ -224,6 +224,10 @@ class CondorParams:
         # HTCondor's names are case-insensitive.
         return self._params.get(name.upper()) if self.available else None
 
+    def names(self) -> Tuple[str, ...]:
+        """Every variable that is set (upper case): for per-slot knobs such as SLOT<N>_EXECUTE."""
+        return tuple(self._params) if self.available else ()
+
 
 class Config:
     """The effective configuration: a value and its source for every knob."""

@@ -27,6 +27,7 @@ from startd_health.core.model import Measurement, Probe, ProbeContext, ProbeResu
 from startd_health.system import container as runtimes
 from startd_health.system import inside
 from startd_health.system.container import Launch, Runtime
+from startd_health.system import starter_scratch
 
 from startd_health.system import launch_guard
 
@@ -69,6 +70,7 @@ class Gathered:
     version: str = ""
     version_error: str = ""
     launches: Tuple[Launch, ...] = ()
+    starter: Optional[starter_scratch.StarterFacts] = None   # the starter's launch (HTCondor configured)
 
 
 # ---------------------------------------------------------------- gather
@@ -116,17 +118,26 @@ def gather(ctx: ProbeContext) -> Gathered:
     launches = []
     repos = tuple(ctx.settings.get("cvmfs_repositories") or ()) if ctx.settings.get("cvmfs", True) else ()
     script = inside.script(ctx.settings["binds"], ctx.settings.get("cvmfs_root") or "/cvmfs", repos)
-    for image, path in images_to_test(ctx):
+    # As the starter launches for a job (its knobs, a job account, a scratch
+    # directory on EXECUTE) when HTCondor is configured: system/starter_scratch.py.
+    starter = starter_scratch.prepare(ctx, found, name == "apptainer" or "apptainer" in version.stdout)
+    for index, (image, path) in enumerate(images_to_test(ctx)):
         # Not into a known trap: each try would leave one more stuck process.
         refused = launch_guard.refused(ctx, image, launch_guard.touched_repositories(ctx.settings, path))
         if refused:
             launches.append(Launch(image, path, False, 0.0, error=refused))
             continue
         started = time.time()
-        launches.append(runtimes.launch(ctx.run, found, image, path, ctx.settings["flags"],
-                                        ctx.settings["launch_timeout"], script, repos))
+        if starter is not None:
+            launches.append(starter_scratch.launch(ctx, starter, found, image, path, index, script, repos))
+        else:
+            launches.append(runtimes.launch(ctx.run, found, image, path, ctx.settings["flags"],
+                                            ctx.settings["launch_timeout"], script, repos))
         launch_guard.remember(ctx, image, launches[-1].left_behind, started)
-    return Gathered(found, name=name or os.path.basename(found.path), version=number, launches=tuple(launches))
+    if starter is not None:
+        starter = starter_scratch.finish(ctx, starter, found, [l.mode for l in launches if l.ok])
+    return Gathered(found, name=name or os.path.basename(found.path), version=number, launches=tuple(launches),
+                    starter=starter)
 
 
 # ---------------------------------------------------------------- judge
@@ -178,15 +189,21 @@ def judge(g: Gathered, partial_ok: bool = False) -> ProbeResult:
     if pidns:
         facts["pid_namespace"] = all(pidns)
     measurements = tuple(Measurement("launch", l.seconds, "seconds", {"image": l.image}) for l in g.launches if l.ok)
+    notes = ""
+    if g.starter is not None:
+        facts.update(starter_scratch.facts(g.starter))
+        notes = starter_scratch.notes(g.starter)
     what = f"{g.name} {g.version}" + (f" ({facts['mode']})" if modes else "")
     if not g.launches:
-        return ProbeResult("container", Status.OK, f"{what}; no image configured to launch", facts, measurements)
+        return ProbeResult("container", Status.OK, f"{what}; no image configured to launch{notes}", facts,
+                           measurements)
     errors = "; ".join(f"{l.image}: {l.error}" for l in g.launches if not l.ok)
     summary = f"{what}: {len(ok)}/{len(g.launches)} images launch"
     if not bad:
-        return ProbeResult("container", Status.OK, summary, facts, measurements)
+        status = Status.DEGRADED if g.starter is not None and g.starter.warnings else Status.OK
+        return ProbeResult("container", status, summary + notes, facts, measurements)
     status = Status.DEGRADED if ok and partial_ok else Status.FAILED
-    return ProbeResult("container", status, f"{summary}; {errors}", facts, measurements)
+    return ProbeResult("container", status, f"{summary}; {errors}{notes}", facts, measurements)
 
 
 def resolved_runtime(config) -> Tuple[str, str]:
@@ -233,6 +250,14 @@ class ContainerProbe(Probe):
              "(`STARTD_HEALTH_CVMFS_REPOSITORIES`) inside every image; put the `--bind /cvmfs` your jobs get "
              "into `STARTD_HEALTH_CONTAINER_FLAGS`",
              "BOOL"),
+        Knob("CONTAINER_STARTER_LAUNCH", parse_bool, True, "with HTCondor configured, launch as the starter "
+             "launches a job: its arguments (`SINGULARITY_*`, `MOUNT_UNDER_SCRATCH`; containment flags of "
+             "CONTAINER_FLAGS are then HTCondor's business, other flags are appended), as the job account, in a "
+             "scratch directory on EXECUTE with the starter's environment", "BOOL"),
+        Knob("CONTAINER_JOB_USER", parse_string, "", "the unprivileged account that stands for job users: "
+             "run as root the launch drops to it; run as condor (a STARTD_CRON job) its access to each image and "
+             "to EXECUTE is judged from the permission bits", "USER",
+             default_text="HTCondor's `SLOT1_USER` when set, else `nobody`"),
         Knob("CONTAINER_PARTIAL_OK", parse_bool, False, "when some but not all images launch, report "
              "degraded (node stays usable; jobs must match on `StartdHealthContainerImagesOk`) instead of failed",
              "BOOL"),

@@ -141,12 +141,21 @@ def exec_argv(runtime: Runtime, flags: Sequence[str], image_path: str, *command:
 def launch(run: Run, runtime: Runtime, image: str, path: str, flags: Sequence[str], timeout: float,
            inside_script: str, cvmfs_repos: Sequence[str] = ()) -> Launch:
     """Launch one image running the inside script (system/inside.py) and judge what it printed."""
-    result = run(exec_argv(runtime, flags, path, "/bin/sh", "-c", inside_script), timeout=timeout, env=runtime.env)
+    return launch_argv(run, image, path, exec_argv(runtime, flags, path, "/bin/sh", "-c", inside_script), timeout,
+                       cvmfs_repos, env=runtime.env)
+
+
+def launch_argv(run: Run, image: str, path: str, argv: Sequence[str], timeout: float, cvmfs_repos: Sequence[str] = (),
+                env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None, uid: Optional[int] = None) -> Launch:
+    """Run a complete launch command line (ending in the inside script) and judge
+    what it printed. uid: the account it runs as (ours unless dropped to another)."""
+    kwargs = {"cwd": cwd} if cwd else {}
+    result = run(list(argv), timeout=timeout, env=env, **kwargs)
     if not result.ok:
         return Launch(image, path, False, result.duration_seconds, error=result.describe_failure(),
                       left_behind=result.left_behind)
     return replace(judge_launch(image, path, result.duration_seconds, inside.parse(result.stdout, cvmfs_repos),
-                                os.getuid(), own_pid_namespace(), last_line(result.stdout)),
+                                os.getuid() if uid is None else uid, own_pid_namespace(), last_line(result.stdout)),
                    left_behind=result.left_behind)
 
 
