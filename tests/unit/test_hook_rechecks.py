@@ -215,3 +215,39 @@ def test_judge_repositories_are_judged_on_the_mount_table_read_after_the_access(
     assert "does not answer: Transport endpoint" in found.message
     found = judge_recheck("", "", ["a.org"], "/cvmfs", [], ["d:/cvmfs/a.org"], 5, None, "")
     assert "did not answer within 5s: /cvmfs/a.org (a hung mount" in found.message
+
+
+@pytest.fixture
+def daemon_socket(node):
+    """The daemon's own re-check server (monitor/recheck.py) on the node's state directory; what it
+    is asked is recorded instead of queueing probe runs (no daemon runs here)."""
+    from startd_health.monitor.recheck import RecheckServer
+    asked = []
+
+    def handle(probes):
+        asked.append(list(probes))
+        return "queued " + " ".join(probes)
+    server = RecheckServer(str(node["state"]), ["container", "userns"], handle)
+    assert server.start() == ""
+    yield asked
+    server.close()
+
+
+def test_a_site_fault_pokes_the_daemon_so_that_the_node_is_fenced(node, daemon_socket):
+    node["image"].unlink()
+    proc, _ = hook(node)
+    assert requeued(proc), proc.stdout
+    assert daemon_socket == [["container"]]
+    assert "the startd-health daemon was asked to re-check (queued container)" in proc.stdout
+    # A repository fault asks for the cvmfs probe too; a daemon that does not run it is asked for all.
+    (node["cvmfs"] / "sw.example.org").mkdir(parents=True)
+    node["image"].write_bytes(sif_bytes())
+    proc, _ = hook(node, None, "--cvmfs-repositories", "sw.example.org")
+    assert requeued(proc) and "not mounted" in proc.stdout, proc.stdout
+    assert daemon_socket[1:] == [["container", "userns"]]   # after 'unknown probe cvmfs'
+
+
+def test_nothing_wrong_asks_the_daemon_nothing(node, daemon_socket):
+    proc, _ = hook(node)
+    assert proc.returncode == EXIT_ACCEPT and "HookStatusCode" not in proc.stdout, proc.stdout
+    assert daemon_socket == []

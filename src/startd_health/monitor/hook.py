@@ -207,13 +207,12 @@ def recheck(ctx: Any, settings: Mapping[str, Any], image: str, site_name: str, c
 
 def poke_daemon(state_dir: Optional[str], probes: Sequence[str]) -> str:
     """Ask the startd-health daemon, if one runs, to re-probe now (it fences the node); what to say."""
+    from startd_health.monitor.recheck import request_recheck
     if not state_dir:
         return ""
-    try:
-        from startd_health.monitor.recheck import request_recheck
-    except ImportError:   # until the daemon's client lands (branch h-daemon)
-        return ""
     reply = request_recheck(state_dir, probes, timeout=POKE_TIMEOUT)
+    if reply is not None and reply.startswith("unknown probe"):   # a probe this node does not run: ask for all
+        reply = request_recheck(state_dir, (), timeout=POKE_TIMEOUT)
     return "" if reply is None else f"; the startd-health daemon was asked to re-check ({reply.strip()[:80]})"
 
 
