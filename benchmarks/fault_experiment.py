@@ -625,7 +625,8 @@ class JobStream:
         while not self._stop.is_set():
             try:
                 cpu, gpu = self.idle()
-                for missing, extra in ((self.backlog - cpu, ""), (self.gpu_backlog - gpu, "-append 'request_gpus = 1'")):
+                gpu_extra = "-append 'request_gpus = 1'"
+                for missing, extra in ((self.backlog - cpu, ""), (self.gpu_backlog - gpu, gpu_extra)):
                     if missing > 0:
                         self.pool.sh(f"cd /home/tester && condor_submit -terse stream.sub {extra} -queue {missing}",
                                      user="tester", timeout=120)

@@ -26,7 +26,7 @@ import startd_health
 
 from startd_health.core.model import ProbeResult, Status
 from startd_health.core.state import StateDir
-from startd_health.monitor.hook import EXIT_ACCEPT, EXIT_HOLD, RECHECK_TIMEOUT, judge_recheck
+from startd_health.monitor.hook import EXIT_ACCEPT, EXIT_HOLD, RECHECK_TIMEOUT, extra_bind_sources, judge_recheck
 from startd_health.system.procfs import Mount
 from tests import cvmfs_sim as sim
 
@@ -251,3 +251,37 @@ def test_nothing_wrong_asks_the_daemon_nothing(node, daemon_socket):
     proc, _ = hook(node)
     assert proc.returncode == EXIT_ACCEPT and "HookStatusCode" not in proc.stdout, proc.stdout
     assert daemon_socket == []
+
+
+def test_a_full_scratch_directory_requeues(node, tmp_path):
+    """The starter's $_CONDOR_SCRATCH_DIR; the full EXECUTE is simulated by a threshold above the free
+    space of the scratch directory's real filesystem."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    free = os.statvfs(scratch).f_bavail * os.statvfs(scratch).f_frsize
+    hook_env = {k: v for k, v in os.environ.items() if not k.startswith(("_CONDOR_", "CONDOR_CONFIG"))}
+    argv = [sys.executable, "-m", "startd_health", "hook", "prepare-job", "--no-condor-config",
+            "--state-dir", str(node["state"]), "--container-runtime", str(node["runtime"]),
+            "--container-images", f"el9={node['image']}", "--cvmfs-root", str(node["cvmfs"]),
+            "--execute-full-bytes", str(free * 2)]
+    proc = subprocess.run(argv, input=f'SingularityImage = "{node["image"]}"\n', capture_output=True, text=True,
+                          env=dict(hook_env, _CONDOR_SCRATCH_DIR=str(scratch)), timeout=60)
+    assert requeued(proc), proc.stdout + proc.stderr
+    assert f"{scratch} (the job's scratch directory) is full" in proc.stdout
+    proc = subprocess.run(argv[:-2], input=f'SingularityImage = "{node["image"]}"\n', capture_output=True,
+                          text=True, env=dict(hook_env, _CONDOR_SCRATCH_DIR=str(scratch)), timeout=60)
+    assert proc.returncode == EXIT_ACCEPT and "HookStatusCode" not in proc.stdout, proc.stdout
+
+
+def test_the_bind_sources_of_singularity_extra_arguments():
+    """Pure logic: HTCondor's configuration stands in as a dict."""
+    condor = {"SINGULARITY_EXTRA_ARGUMENTS": "-B /opt/site/data:/data,/srv:/srv:ro --bind=/etc --nv --bind rel:/x"}
+    assert extra_bind_sources(condor) == ["/opt/site/data", "/srv", "/etc"]
+    assert extra_bind_sources({"SINGULARITY_EXTRA_ARGUMENTS": "\"-B '/a b:/c'\""}) == ["/a b"]   # the V2 syntax
+    assert extra_bind_sources({}) == []
+
+
+def test_judge_a_missing_bind_source_is_a_site_fault():
+    found = judge_recheck("", "", [], "/cvmfs", [{"kind": "e", "path": "/opt/site/data", "ok": False,
+                                                  "error": "No such file or directory"}], [], 5, {}, "")
+    assert found.node_fault and "SINGULARITY_EXTRA_ARGUMENTS binds /opt/site/data" in found.message

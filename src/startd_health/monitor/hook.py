@@ -15,7 +15,10 @@ timeout but ours. So it must be fast and bounded:
   or the runtime) are mounted (/proc/self/mounts, never a stat of the mount
   point), none is one the cvmfs probe found hung, the runtime the starter
   will run is executable and the image exists and is readable (a SIF's
-  header against its size: a truncated copy too), all as the job's user.
+  header against its size: a truncated copy too), the host paths
+  SINGULARITY_EXTRA_ARGUMENTS binds exist, and the job's scratch directory
+  ($_CONDOR_SCRATCH_DIR, on EXECUTE) is writable with the space and inodes
+  the execute probe requires, all as the job's user.
   The paths are touched only in a child with a budget (RECHECK_TIMEOUT),
   which is abandoned if a hung mount blocks it. A site fault found here
   requeues the job (HookStatusCode 300) and asks the startd-health daemon,
@@ -129,21 +132,47 @@ def is_local_path(image: str) -> bool:
     return bool(image) and "://" not in image
 
 
-def recheck_paths(repos: Sequence[str], root: str, runtime: str, image: str) -> List[str]:
+def extra_bind_sources(condor: Any) -> List[str]:
+    """The host paths SINGULARITY_EXTRA_ARGUMENTS binds (-B/--bind SRC[:DST[:OPTS]][,...]): the
+    starter's per-job `apptainer test` fails on one that is missing (shell-less split, as the starter's)."""
+    from startd_health.system.starter_launch import split_args
+    text = str(condor.get("SINGULARITY_EXTRA_ARGUMENTS") or "") if condor is not None else ""
+    try:
+        args = split_args(text)
+    except ValueError:
+        return []   # the starter's own test will say so
+    sources: List[str] = []
+    for flag, value in zip(args, args[1:] + [""]):
+        if flag in ("-B", "--bind"):
+            spec = value
+        elif flag.startswith("--bind="):
+            spec = flag.partition("=")[2]
+        else:
+            continue
+        sources += [item.split(":")[0] for item in spec.split(",") if item.split(":")[0].startswith("/")]
+    return sources
+
+
+def recheck_paths(repos: Sequence[str], root: str, runtime: str, image: str, binds: Sequence[str] = (),
+                  scratch: str = "") -> List[str]:
     """The _job_paths.py arguments: repositories first (an access mounts them under autofs)."""
     args = [f"d:{os.path.join(root, repo)}" for repo in repos]
     if runtime:
         args.append(f"x:{runtime}")
     if is_local_path(image):
         args.append(f"r:{image}")
+    args += [f"e:{path}" for path in binds]
+    if scratch:
+        args.append(f"w:{scratch}")
     return args
 
 
 def judge_recheck(image: str, site_name: str, repos: Sequence[str], root: str, answers: Sequence[Mapping[str, Any]],
                   pending: Sequence[str], timeout: float, mounts: Optional[Mapping[str, Any]],
-                  mounts_error: str) -> Optional[Finding]:
+                  mounts_error: str, thresholds: Any = None) -> Optional[Finding]:
     """Pure: the child's answers (one per path it got to; pending: the KIND:PATH it did not answer,
-    after timeout seconds) and the mount table read after it -> what is wrong, or None."""
+    after timeout seconds) and the mount table read after it -> what is wrong, or None.
+    thresholds: the execute probe's, for the job's scratch directory (None: not judged)."""
     from startd_health.probes.cvmfs import is_cvmfs   # one definition of what a CVMFS mount looks like
     if pending:   # the child answers in order: it is stuck on the first one it did not answer
         return Finding(f"a path this job needs did not answer within {timeout:g}s: "
@@ -170,11 +199,33 @@ def judge_recheck(image: str, site_name: str, repos: Sequence[str], root: str, a
     if found is not None and not found.get("ok"):
         what = f"site image {site_name} ({image})" if site_name else f"the job's image {image}"
         return Finding(f"{what} is not usable by the job's user: {found.get('error', '?')}", node_fault=bool(site_name))
+    for answer in answers:
+        if answer.get("kind") == "e" and not answer.get("ok"):
+            return Finding(f"SINGULARITY_EXTRA_ARGUMENTS binds {answer['path']}, which the job's user cannot "
+                           f"reach: {answer.get('error', '?')} (the starter's container test would fail)")
+    scratch = by_kind.get("w")
+    if scratch is not None and thresholds is not None:
+        from startd_health.probes.execute import DirCheck, judge_dir
+        from startd_health.core.model import Status
+        if not scratch.get("ok"):
+            return Finding(f"the job's scratch directory {scratch['path']}: {scratch.get('error', '?')}",
+                           probes=("execute",))
+        fields = ("free_bytes", "total_bytes", "free_inodes", "total_inodes", "read_only", "write_ok")
+        status, why = judge_dir(DirCheck(scratch["path"], ("the job's scratch directory",),
+                                         **{k: scratch[k] for k in fields if k in scratch}), thresholds)
+        if status is Status.FAILED:
+            return Finding(why, probes=("execute",))
+        if not scratch.get("write_ok"):
+            return Finding(f"the job's scratch directory {scratch['path']} is not writable by the job's user",
+                           probes=("execute",))
     return None
 
 
-def recheck(ctx: Any, settings: Mapping[str, Any], image: str, site_name: str, condor: Any) -> Optional[Finding]:
-    """The cheap invariants (see the module docstring); None when they hold or could not be checked."""
+def recheck(ctx: Any, settings: Mapping[str, Any], image: str, site_name: str, condor: Any,
+            thresholds: Any = None) -> Optional[Finding]:
+    """The cheap invariants (see the module docstring); None when they hold or could not be checked.
+    Under a starter, the job's scratch directory on EXECUTE ($_CONDOR_SCRATCH_DIR) is judged too,
+    with the execute probe's thresholds."""
     from startd_health.system import launch_guard, procfs
     from startd_health.system.programs import python_argv
     from startd_health.system.procs import run_command
@@ -186,7 +237,10 @@ def recheck(ctx: Any, settings: Mapping[str, Any], image: str, site_name: str, c
     refused = launch_guard.refused(ctx, image, repos)   # a repository the cvmfs probe found hung: not touched
     if refused:
         return Finding(refused, probes=("cvmfs", "container"))
-    args = recheck_paths(repos, root, runtime, image)
+    # The starter names the job's scratch directory to the hook (23.9.6 and 25.14.1 alike);
+    # run by hand, there is none to judge.
+    scratch = os.environ.get("_CONDOR_SCRATCH_DIR", "") if thresholds is not None else ""
+    args = recheck_paths(repos, root, runtime, image, extra_bind_sources(condor), scratch)
     if not args:
         return None
     timeout = max(0.1, min(RECHECK_TIMEOUT, ctx.remaining() / 2))
@@ -202,7 +256,7 @@ def recheck(ctx: Any, settings: Mapping[str, Any], image: str, site_name: str, c
         return None
     pending = args[len(answers):] if result.timed_out else []
     mounts, mounts_error = procfs.read_mounts("/") if repos else ({}, "")
-    return judge_recheck(image, site_name, repos, root, answers, pending, timeout, mounts, mounts_error)
+    return judge_recheck(image, site_name, repos, root, answers, pending, timeout, mounts, mounts_error, thresholds)
 
 
 def poke_daemon(state_dir: Optional[str], probes: Sequence[str]) -> str:
@@ -241,6 +295,7 @@ def prepare_job(config: Any, stdin_text: str) -> Decision:
     from startd_health.core.runner import BudgetedContext
     from startd_health.core.state import StateDir
     from startd_health.probes.container import ContainerProbe
+    from startd_health.probes.execute import Thresholds
     from startd_health.system import inside, launch_guard
     from startd_health.system.container import Launch, find_runtime, launch
 
@@ -262,7 +317,9 @@ def prepare_job(config: Any, stdin_text: str) -> Decision:
 
     if not image:
         return Decision(True, "no container image in the job: nothing to check")
-    finding = recheck(ctx, settings, image, site_images.get(image, ""), config.condor)
+    thresholds = Thresholds(config["EXECUTE_FULL_BYTES"], config["EXECUTE_LOW_BYTES"], config["EXECUTE_FULL_INODES"],
+                            config["EXECUTE_LOW_INODES"])
+    finding = recheck(ctx, settings, image, site_images.get(image, ""), config.condor, thresholds)
     if finding is not None:
         if not finding.node_fault:
             return Decision(False, finding.message)

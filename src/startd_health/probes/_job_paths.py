@@ -13,6 +13,9 @@ per path; prints one JSON line per path, in order, as soon as it is known:
   r:IMAGE  the job's image: a readable file (of a SIF image, the header's
            data size against the file size: a truncated copy is caught) or
            a sandbox directory we may list
+  e:PATH   a path that must exist (a bind source of SINGULARITY_EXTRA_ARGUMENTS)
+  w:DIR    the job's scratch directory on EXECUTE: free space and inodes
+           (statvfs), read-only or not, writable by us
 """
 
 import json
@@ -41,6 +44,15 @@ def look(kind, path):
         found["error"] = exc.strerror or str(exc)
         return found
     is_dir = stat.S_ISDIR(info.st_mode)
+    if kind == "e":
+        found["ok"] = True
+        return found
+    if kind == "w":
+        fs = os.statvfs(path)
+        found.update(ok=True, free_bytes=fs.f_bavail * fs.f_frsize, total_bytes=fs.f_blocks * fs.f_frsize,
+                     free_inodes=fs.f_favail, total_inodes=fs.f_files,
+                     read_only=bool(fs.f_flag & os.ST_RDONLY), write_ok=os.access(path, os.W_OK))
+        return found
     if kind == "d":
         found["ok"] = is_dir
         found["realpath"] = os.path.realpath(path)
