@@ -25,31 +25,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "src"))
-
-
-def measure(argv, runs, stdin=""):
-    walls, cpus, rss = [], [], []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.PIPE)
-        proc.stdin.write(stdin.encode())
-        proc.stdin.close()
-        _, status, usage = os.wait4(proc.pid, 0)
-        walls.append(time.perf_counter() - t0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"{argv} exited {os.waitstatus_to_exitcode(status)}")
-        cpus.append(usage.ru_utime + usage.ru_stime)
-        rss.append(usage.ru_maxrss / 1024)
-    return statistics.median(walls), statistics.median(cpus), max(rss)
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+from cron_cost import measure  # noqa: E402  (one way to time a child: wait4's rusage)
 
 
 def main():

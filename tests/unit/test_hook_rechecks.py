@@ -28,7 +28,7 @@ from startd_health.core.model import ProbeResult, Status
 from startd_health.core.state import StateDir
 from startd_health.monitor.hook import EXIT_ACCEPT, EXIT_HOLD, RECHECK_TIMEOUT, extra_bind_sources, judge_recheck
 from startd_health.system.procfs import Mount
-from tests import cvmfs_sim as sim
+from tests.unit.test_cvmfs import hung  # noqa: F401  (the hung-mount fixture: a real FUSE mount)
 
 def sif_bytes(size=1 << 20):
     """A file with a SIF global header (what the hook reads of it: launch line, magic, and the data
@@ -174,27 +174,11 @@ def run_as_nobody(node):
     assert "site image el9" in proc.stdout and "Permission denied" in proc.stdout
 
 
-@pytest.fixture
-def hung_mount():
-    why = sim.fuse_available()   # the tests using this are marked root
-    if why:
-        pytest.fail(f"hung-mount simulation needs root and /dev/fuse: {why} (deselect with -m 'not root')")
-    mounts = []
-
-    def make(target):
-        mounts.append(sim.HungMount(str(target), True).mount())
-        return mounts[-1]
-
-    yield make
-    for mount in mounts:
-        mount.cleanup()
-
-
 @pytest.mark.root
-def test_an_image_on_a_hung_repository_requeues_within_the_budget(node, hung_mount):
+def test_an_image_on_a_hung_repository_requeues_within_the_budget(node, hung):
     """A real FUSE mount (cvmfs2, so it IS in /proc/self/mounts as a CVMFS repository) that never answers:
     the hook's child blocks on it; the hook answers within its budget instead of hanging the starter."""
-    hung_mount(node["cvmfs"] / "hung.example.org")
+    hung(node["cvmfs"] / "hung.example.org")
     proc, seconds = hook(node, str(node["cvmfs"] / "hung.example.org" / "el9.sif"), timeout=60)
     assert requeued(proc), proc.stdout + proc.stderr
     assert f"did not answer within {RECHECK_TIMEOUT:g}s: {node['cvmfs']}/hung.example.org (a hung mount" in proc.stdout
