@@ -65,16 +65,16 @@ def main():
             state.save(ProbeResult("container", Status.OK, "", {"images_ok": ("el9",)}, started_at=time.time(),
                                    duration_seconds=0.1))
 
-        rows = [("python -c pass (floor)", [sys.executable, "-c", "pass"], "")]
+        rows = [("python -c pass (floor)", [sys.executable, "-c", "pass"], None)]
         rows.append(("hook, job without an image", hook, "ClusterId = 1\n"))
         rows.append(("re-check child alone (runtime + image)",
-                     python_argv("startd_health.probes", "_job_paths.py", f"x:{runtime}", f"r:{image}"), ""))
+                     python_argv("startd_health.probes", "_job_paths.py", f"x:{runtime}", f"r:{image}"), None))
         rows.append(("hook, fresh result, re-checks pass (accept)", hook, job))
         rows.append(("hook, a re-check fails (requeue)", hook + ["--cvmfs-repositories", "sw.example.org"], job))
         print(f"{'':46} {'wall (median)':>14} {'CPU (median)':>13} {'max RSS':>9}")
         for label, argv, stdin in rows:
             fresh()
-            wall, cpu, rss = measure(argv, args.runs, stdin)
+            wall, cpu, rss = measure(argv, args.runs, stdin=stdin)
             print(f"{label:46} {wall * 1000:11.1f} ms {cpu * 1000:10.1f} ms {rss:6.1f} MiB")
         print(f"({args.runs} runs each; load average {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs; "
               f"Python {sys.version.split()[0]})")
