@@ -693,21 +693,26 @@ def job_events(pool: RealPool, name: str = "stream.log") -> Dict[str, List[Tuple
 
 def outcome(events: List[Tuple[float, str, Dict[str, Any]]], since: float, node: str) -> str:
     """What became of a job that landed on `node` at `since` (its StartLog activation):
-    ok | failed | held | requeued | unfinished | removed."""
-    own_execute_seen = False
-    for when, kind, details in events:
-        if when < since - 1:
-            continue
-        if kind == "execute":
-            if details.get("node") == node and not own_execute_seen and when <= since + 30:
-                own_execute_seen = True   # this attempt's own (logged a moment after the activation)
-                continue
-            return "requeued"   # it ran again: this attempt ended without an event of its own (a hook requeue)
+    ok | failed | held | requeued | unfinished | removed. The job log's times have 1 s
+    resolution, and the end of the job's previous attempt (elsewhere) can share that second."""
+    own = next((i for i, (when, kind, details) in enumerate(events)
+                if kind == "execute" and details.get("node") == node and since - 1 <= when <= since + 30), None)
+    if own is None:
+        # It never started there: the pre-job hook or the starter's own container test ended the
+        # attempt, and it went back to the queue (or was held, or removed at the end).
+        later = [(kind, details) for when, kind, details in events if when >= since]
+        for kind, _ in later:
+            if kind in ("held", "removed"):
+                return kind
+            if kind in ("evicted", "exception", "execute"):
+                return "requeued"
+        return "requeued" if later else "unfinished"
+    for _, kind, details in events[own + 1:]:
         if kind == "terminated":
             return "ok" if details.get("ok") else "failed"
         if kind == "held":
             return "held"
-        if kind in ("evicted", "exception"):
+        if kind in ("evicted", "exception", "execute"):
             return "requeued"
         if kind == "removed":
             return "removed"
@@ -775,6 +780,7 @@ def run_rounds(config: str, args: argparse.Namespace, nodes: List[NodeSpec]) -> 
         pool.enter("condor_rm", "-all", timeout=60, check=False)
         events = job_events(pool)
         summarize_rounds(result, mpool, broken, events)
+        pool.sh(f"cp /home/tester/stream.log /home/tester/stream.{config}.log")   # kept for a later look
         result["jobs_submitted"] = stream.submitted
         result["stream_errors"] = stream.errors
         result["watcher_errors"] = watcher.errors
