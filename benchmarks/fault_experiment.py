@@ -17,7 +17,22 @@ unprivileged user `tester`, once per configuration:
   startd-health-pinned  the same, with STARTD_HEALTH_CONTAINER_RUNTIME
                  = $(SINGULARITY): the probe tests exactly the runtime HTCondor uses
 
-For each run: every node starts healthy (and, with startd-health, is seen
+  default-periodic  exactly the shipped packaging at its defaults (cron every
+                 300 s), with only what a site must set (SITE_CONF)
+  daemon         the same plus 54-startd-health-daemon.conf at its defaults
+
+Two modes. ROUNDS (the default; configurations baseline, default-periodic,
+daemon): a steady stream of short jobs (JobStream keeps a backlog idle in the
+queue) and --rounds injections, each at a random time within the period
+(300 s) after the nodes were last seen healthy; per fault the seconds from
+injection to refusing (p50/p95 over the rounds) and, per round, the jobs that
+landed between injection and repair with what became of each (requeued,
+failed, held, ok); between rounds the faults are repaired, the nodes' cached
+results cleared and condor_reconfig run. All 17 nodes, issue 14's faults
+included (tmp_full is harmless: the node must keep accepting jobs).
+
+BATCH (--mode batch, the earlier experiment, without issue 14's nodes):
+for each run: every node starts healthy (and, with startd-health, is seen
 healthy); all faults are injected at once; the experiment watches each node's
 gate (the slot's own Requirements, evaluated by the real ClassAd library
 against the batch's job ad, with the slot's resources restored so that a busy
@@ -37,11 +52,14 @@ the fault lasts (the faults are kept for at least --leftover-runs runs); the
 goal is no growth after the first run.
 
 usage (as root; builds the root filesystem on first use):
-  python3 benchmarks/fault_experiment.py [--configs baseline,startd-health,startd-health-pinned]
+  python3 benchmarks/fault_experiment.py [--configs baseline,default-periodic,daemon] [--rounds 3]
+      [--backlog 8] [--seed 14] [--nodes node1,node5] [--json results.json]
+  python3 benchmarks/fault_experiment.py --mode batch [--configs baseline,startd-health,startd-health-pinned]
       [--jobs 110] [--gpu-jobs 10] [--batch-timeout 300] [--leftover-runs 10]
-      [--nodes node1,node5] [--json results.json]
-The host Python needs the htcondor bindings (htcondor2, classad2). About 3 minutes per
-configuration on a 2-core machine; every pool is stopped and every FUSE mount removed at the end.
+The host Python needs the htcondor bindings (htcondor2, classad2). Rounds: about 7 minutes
+(HTCondor alone) to 30 minutes (default-periodic) per configuration on a 2-core machine;
+batch: about 3 minutes per configuration. Every pool is stopped and every FUSE mount removed
+at the end.
 """
 
 from __future__ import annotations
