@@ -163,6 +163,9 @@ def summary(soak: Soak, warmup: float) -> Dict[str, float]:
         "rss_mib_median": round(statistics.median(r["rss_mib"] for r in samples), 1),
         "rss_mib_max": round(peak(samples, "rss_mib"), 1),
         "rss_mib_growth": round(peak(late, "rss_mib") - peak(early, "rss_mib"), 2),
+        # RSS at the end of each quarter of the run: a leak climbs, a warm-up levels off.
+        "rss_mib_quarters": [round(samples[min(len(samples) - 1, (i * len(samples)) // 4 - 1)]["rss_mib"], 2)
+                             for i in range(1, 5)],
         "threads_early_late_max": f"{peak(early, 'threads')}/{peak(late, 'threads')}",
         "fds_early_late_max": f"{peak(early, 'fds')}/{peak(late, 'fds')}",
         "children_early_late_max": f"{peak(early, 'children')}/{peak(late, 'children')}",
@@ -214,7 +217,7 @@ def main() -> None:
         print(json.dumps(row))
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump(figures, handle, indent=1)
+            json.dump({"figures": figures, "samples": {s.mode: s.samples for s in soaks}}, handle, indent=1)
 
 
 if __name__ == "__main__":

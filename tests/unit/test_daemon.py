@@ -228,3 +228,68 @@ def test_check_now_asks_the_daemon_and_shows_its_fresh_result(daemon, tmp_path, 
     assert after > before
     with open(os.path.join(d.state, "daemon.log")) as handle:
         assert "queued container" in handle.read()
+
+
+def test_runs_from_the_pilot_zipapp_with_python_S(tmp_path):
+    """No site-packages (no bindings, no apscheduler): the daemon needs none."""
+    from tests.zipapp import build
+    pyz = build(str(tmp_path / "startd-health.pyz"))
+    proc = subprocess.Popen([sys.executable, "-S", pyz, "daemon", "--no-condor-config", "--state-dir",
+                             str(tmp_path / "s"), "--probes", "userns", "--heartbeat", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        text = b""
+        while text.count(b"\n-") < 2:   # two ads: the first, then a heartbeat
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read().decode()
+            text += line
+        first = text.decode().split("-")[0]
+        assert first.startswith("StartdHealthOk = true\n"), text
+    finally:
+        proc.terminate()
+        assert proc.wait(5) == 0
+
+
+def test_the_textfile_follows_every_run(daemon, tmp_path):
+    pytest.importorskip("prometheus_client")
+    d = daemon("--textfile-dir", str(tmp_path), "--container-period", "1")
+    d.next_ad()
+    path = tmp_path / "startd_health.prom"
+    first = path.stat().st_mtime_ns
+    assert 'startd_health_probe_last_run_timestamp_seconds{probe="container"}' in path.read_text()
+    deadline = time.monotonic() + 10
+    while path.stat().st_mtime_ns == first:   # the ad stays the same; the last-run time moves on
+        assert time.monotonic() < deadline, "the textfile was not rewritten after a run"
+        time.sleep(0.2)
+
+
+def test_what_a_sigkilled_daemon_left_running_is_killed_by_the_next_one(daemon, tmp_path):
+    """SIGKILL leaves the daemon no chance to end its commands (a launch
+    that hangs here); the daemon the startd starts next ends them, from
+    the journal of running commands in the state directory."""
+    (tmp_path / "apptainer").write_text("#!/bin/sh\nexec sleep 600\n")
+    d = daemon("--container-timeout", "60")
+    (tmp_path / "apptainer").write_text("#!/bin/sh\nexec sleep 600\n")   # DaemonProc wrote its own
+    deadline = time.monotonic() + 10
+    sleeper = []
+    while not sleeper:
+        assert time.monotonic() < deadline, "the hanging launch never started"
+        time.sleep(0.2)
+        sleeper = [int(p) for p in os.listdir("/proc") if p.isdigit() and _ppid(p) == d.proc.pid]
+    d.proc.kill()
+    d.proc.wait(5)
+    time.sleep(0.5)
+    assert os.path.exists(f"/proc/{sleeper[0]}"), "SIGKILL took the child along after all: nothing to test"
+    daemon()
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{sleeper[0]}") and _state(sleeper[0]) != "Z":
+        assert time.monotonic() < deadline, "the next daemon left the killed one's command running"
+        time.sleep(0.1)
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"

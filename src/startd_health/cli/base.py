@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from startd_health.cli.knobs import MIN_DEADLINE, probe_classes, probe_knobs
 from startd_health.core.config import CondorParams, Config, ConfigError, load_config
@@ -67,6 +67,23 @@ def build_config(args: argparse.Namespace) -> Config:
             require_packages(f"{knob.param_name} ({config.source(knob.name)})", [knob.needs],
                              f"leave {knob.param_name} empty")
     return config
+
+
+def config_or_failure_ad(args: argparse.Namespace) -> Tuple[Optional[Config], List[Any]]:
+    """(config, periodic probes) of a command that prints an ad for the
+    startd (cron, daemon); on a configuration error it prints the complete
+    unhealthy ad naming it and returns (None, [])."""
+    import logging
+    import time
+
+    from startd_health.monitor.cron import render_failure
+    try:
+        config = build_config(args)
+        return config, selected_probes(config)
+    except ConfigError as exc:
+        logging.getLogger("startd-health").error("%s", exc)
+        emit(render_failure(f"configuration error: {exc}", time.time()))
+        return None, []
 
 
 def selected_probes(config: Config) -> List[Any]:

@@ -4,18 +4,14 @@ attributes for the condor_startd, ending with a '-' line."""
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import time
 
-from startd_health.cli.base import (EXIT_CONFIG, EXIT_OK, EXIT_STATE, build_config, emit, on_demand_results,
-                                    on_sigterm, probe_settings, selected_probes)
-from startd_health.core.config import ConfigError
+from startd_health.cli.base import (EXIT_CONFIG, EXIT_OK, EXIT_STATE, config_or_failure_ad, emit,
+                                    on_demand_results, on_sigterm, probe_settings)
 
 DESCRIPTION = ("Run the probes (re-using recent results) and print the node's health as ClassAd attributes "
                "for the condor_startd, ending with a '-' line.")
-
-log = logging.getLogger("startd-health")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,15 +22,11 @@ def main(args: argparse.Namespace) -> int:
     from startd_health.core.runner import run_probes
     from startd_health.core.state import StateDir
     from startd_health.core.verdict import judge
-    from startd_health.monitor.cron import render, render_failure
+    from startd_health.monitor.cron import render
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        config = build_config(args)
-        probes = selected_probes(config)
-    except ConfigError as exc:
-        log.error("%s", exc)
-        emit(render_failure(f"configuration error: {exc}", time.time()))
+    config, probes = config_or_failure_ad(args)
+    if config is None:
         return EXIT_CONFIG
     report = run_probes(probes, probe_settings(config, probes), config["DEADLINE"],
                         state=StateDir(config["STATE_DIR"]), force=args.force, condor=config.condor)

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 
-from startd_health.cli.base import (EXIT_CONFIG, EXIT_OK, build_config, emit, on_demand_results, probe_settings,
-                                    selected_probes)
-from startd_health.core.config import ConfigError
+from startd_health.cli.base import EXIT_CONFIG, EXIT_OK, config_or_failure_ad, on_demand_results, probe_settings
 
 DESCRIPTION = ("Run the probes continuously, each on its own schedule (its _PERIOD) and at once when an event "
                "shows a change it depends on, and print a complete ClassAd, ended by a '-' line, whenever the "
@@ -28,21 +25,15 @@ CONFIG_RETRY_SECONDS = 60.0
 def main(args: argparse.Namespace) -> int:
     from startd_health.core.state import StateDir
     from startd_health.monitor import daemon as d
-    from startd_health.monitor.cron import render_failure
     from startd_health.monitor.recheck import RecheckServer
 
-    try:
-        config = build_config(args)
-        probes = selected_probes(config)
-    except ConfigError as exc:
-        log.error("%s", exc)
-        emit(render_failure(f"configuration error: {exc}", time.time()))
+    config, probes = config_or_failure_ad(args)
+    if config is None:
         d.wait_for_exit_signal(CONFIG_RETRY_SECONDS)
         return EXIT_CONFIG
     state = StateDir(config["STATE_DIR"])
     state_error = d.ensure_state(state)
-    if not state_error:
-        d.log_to_file(state, keep_stderr=args.debug)
+    d.log_to_file(state, keep_stderr=args.debug)
     settings = probe_settings(config, probes)
     options = d.DaemonOptions(heartbeat=config["HEARTBEAT"], watch_interval=config["WATCH_INTERVAL"],
                               recheck_interval=config["RECHECK_INTERVAL"], ospool=config["OSPOOL_ATTRIBUTES"],
@@ -51,10 +42,16 @@ def main(args: argparse.Namespace) -> int:
                       watcher=d.watcher_for(probes, settings, config.condor) if config["TRIGGERS"] else None,
                       on_demand=lambda: on_demand_results(config))
     server = None
+    # From here on a signal ends us cleanly (also while we are still starting).
+    d.install_exit_handlers(lambda: server.close() if server is not None else None)
     lock = d.DaemonLock(state)
     if state_error:
         daemon.state_error = state_error
     elif lock.acquire(wait=5.0):
+        left = d.journal_commands(state)
+        if left:
+            log.warning("killed %d processes a previous daemon's commands left: %s", len(left),
+                        " ".join(map(str, left)))
         daemon.restore()
         server = RecheckServer(state.path, [p.name for p in probes], daemon.handle_recheck)
         problem = server.start()
@@ -63,7 +60,6 @@ def main(args: argparse.Namespace) -> int:
             server = None
     else:
         log.warning("another daemon holds %s: running without the re-check socket", lock.path)
-    d.install_exit_handlers(server.close if server is not None else (lambda: None))
     if daemon.watcher is not None:
         log.info("watching: %s", "; ".join(daemon.watcher.describe()) or "nothing")
     log.info("daemon started: probes %s, heartbeat %gs", " ".join(p.name for p in probes), options.heartbeat)

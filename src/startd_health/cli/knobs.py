@@ -82,8 +82,8 @@ DAEMON = (
     Knob("TRIGGERS", parse_bool, True, "the daemon re-runs a probe at once on an event that shows a change "
          "it depends on: a configured image or the runtime replaced or removed, a CVMFS mount gone or back, "
          "EXECUTE read-only", "BOOL"),
-    Knob("WATCH_INTERVAL", parse_positive_seconds, 1.0, "how often the daemon looks for those events (a few "
-         "stat() calls and one read of `/proc/self/mounts`)", "SECONDS"),
+    Knob("WATCH_INTERVAL", parse_positive_seconds, 1.0, "how often the daemon `stat()`s the files those events "
+         "concern (images, the runtime, EXECUTE); a mount or unmount wakes it at once", "SECONDS"),
     Knob("RECHECK_INTERVAL", parse_positive_seconds, 10.0, "a probe re-runs on request (`recheck.sock`: "
          "`check --now`, the pre-job hook) at most once per this many seconds; a later request waits for it",
          "SECONDS"),

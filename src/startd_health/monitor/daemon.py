@@ -286,10 +286,8 @@ class Daemon:
         self.write(text)
         self._signature, self._last_emit, self._emitted = signature, now_mono, True
         self.ads += 1
-        if changed and self.options.textfile_dir:
-            self._write_textfile(wall)
 
-    def _write_textfile(self, wall: float) -> None:
+    def _write_textfile(self) -> None:
         from startd_health.monitor.textfile import write_textfile
         results = [self.latest[n] for n in self.schedules if n in self.latest]
         error = write_textfile(self.options.textfile_dir, results + list(self.on_demand()), judge(results))
@@ -334,6 +332,8 @@ class Daemon:
                              self.request(sorted(changed), TRIGGER_MIN_SECONDS, "event"))
                 next_watch = now + self.options.watch_interval if periodic else math.inf
             got = self._collect(now)
+            if got and self.options.textfile_dir:   # its last-run timestamps move with every run
+                self._write_textfile()
             self._start_due(now)
             self.publish(now, got)
             timeout = self._next_wakeup(time.monotonic(), next_watch)
@@ -390,16 +390,51 @@ class DaemonLock:
                 time.sleep(0.1)
 
 
+COMMANDS_FILE = "daemon.commands"
+
+
+def journal_commands(state: StateDir) -> List[int]:
+    """Kill what a previous daemon's commands left (it was SIGKILLed: they
+    lived on), then keep our own running commands in the same file. Only
+    called by the daemon holding the DaemonLock. Returns the pids killed."""
+    import json
+
+    from startd_health.core.state import write_atomic
+    from startd_health.system import procs
+
+    path = os.path.join(state.path, COMMANDS_FILE)
+    killed: List[int] = []
+    try:
+        with open(path) as handle:
+            recorded = {int(k): int(v) for k, v in json.load(handle).items()}
+        killed = sorted(procs.kill_recorded(recorded))
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, AttributeError) as exc:
+        log.warning("ignoring %s: %s", path, exc)
+
+    def record(groups: Dict[int, int]) -> None:
+        write_atomic(path, json.dumps(groups).encode())
+
+    record({})
+    procs.set_journal(record)
+    return killed
+
+
 def log_to_file(state: StateDir, keep_stderr: bool) -> None:
     """The daemon's log: <STATE_DIR>/daemon.log, at most 2 x 1 MiB. Not
-    stderr: the startd keeps a running job's whole stderr in memory."""
+    stderr: the startd keeps a running job's whole stderr in memory. Without
+    a usable state directory the log stays on stderr, cut after
+    STDERR_RECORDS records."""
     import logging.handlers
     root = logging.getLogger()
     try:
         handler: logging.Handler = logging.handlers.RotatingFileHandler(
             os.path.join(state.path, "daemon.log"), maxBytes=1 << 20, backupCount=1)
     except OSError:
-        handler = logging.NullHandler()
+        for old in root.handlers:
+            old.addFilter(_AtMost(STDERR_RECORDS))
+        return
     handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(message)s"))
     if not keep_stderr:
         for old in list(root.handlers):
@@ -407,6 +442,21 @@ def log_to_file(state: StateDir, keep_stderr: bool) -> None:
     root.addHandler(handler)
     if root.level > logging.INFO:
         root.setLevel(logging.INFO)
+
+
+STDERR_RECORDS = 50
+
+
+class _AtMost(logging.Filter):
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.left = limit
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.left -= 1
+        if self.left == 0:
+            record.msg, record.args = "(no more log lines on stderr: the startd keeps them all in memory)", ()
+        return self.left >= 0
 
 
 def install_exit_handlers(cleanup: Callable[[], None]) -> None:

@@ -279,6 +279,50 @@ def kill_command(pgid: int, sig: int = signal.SIGKILL) -> None:
         _signal(family(pgid, since), sig)
 
 
+# A long-lived process (the daemon) keeps the running commands on disk too:
+# killed by SIGKILL it cannot end them, but the next one can (kill_recorded).
+_journal: Optional[Callable[[Dict[int, int]], None]] = None
+_journal_lock = threading.Lock()
+
+
+def set_journal(callback: Optional[Callable[[Dict[int, int]], None]]) -> None:
+    """callback(process group id -> start ticks of every running command),
+    called whenever a command starts or ends."""
+    global _journal
+    _journal = callback
+
+
+def _write_journal() -> None:
+    callback = _journal
+    if callback is None:
+        return
+    with _journal_lock:   # in order: a late writer must not put back a group that has ended
+        with _live_lock:
+            snapshot = dict(_live_groups)
+        try:
+            callback(snapshot)
+        except Exception:   # the journal is a help for the next start, never a reason to fail a command
+            log.debug("command journal", exc_info=True)
+
+
+def kill_recorded(groups: Mapping[int, int]) -> Set[int]:
+    """SIGKILL what is left of commands a killed process recorded (process
+    group id -> the leader's start ticks): their sessions and groups and
+    everything below. A leader pid now used by another process means that
+    command is long gone (Linux reuses no pid still naming a session or
+    group). Returns the pids signalled."""
+    table = process_table()
+    victims: Set[int] = set()
+    for pgid, ticks in groups.items():
+        leader = table.get(pgid)
+        if leader is not None and leader.start_ticks != ticks:
+            continue
+        victims |= {p.pid for p in table.values() if pgid in (p.pid, p.session, p.pgrp)}
+    victims |= descendants(table, victims)
+    _signal(victims, signal.SIGKILL)
+    return victims
+
+
 def kill_live_groups(sig: int = signal.SIGKILL) -> None:
     """Every command still running and everything it started (we are going away)."""
     with _live_lock:
@@ -438,6 +482,7 @@ def _run_command(argv: Sequence[str], timeout: float, env: Optional[Mapping[str,
     with _live_lock:
         _live_groups[pgid] = since
         _spawning -= 1
+    _write_journal()
     if on_start:
         on_start(pgid)
     try:
@@ -486,6 +531,7 @@ def _run_command(argv: Sequence[str], timeout: float, env: Optional[Mapping[str,
     finally:
         with _live_lock:
             _live_groups.pop(pgid, None)
+        _write_journal()
         if on_end:
             on_end(pgid)
 
