@@ -4,6 +4,7 @@ These tests never skip silently: if the root filesystem cannot be built they
 fail with the reason. Set STARTD_HEALTH_SKIP_E2E=1 to opt out explicitly.
 """
 
+import contextlib
 import os
 
 import pytest
@@ -53,18 +54,26 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
-@pytest.fixture(scope="module", params=["mix", "sid"], ids=["condor23.9", "condor25.14"])
-def pool(request):
-    pool = RealPool(request.param)
+@contextlib.contextmanager
+def started_pool(variant: str, snippets, extra: str, pre_start: str = ""):
+    """A running pool with this checkout installed, the site image, the given
+    packaging snippets and test overrides; stopped (with all it started) after."""
+    pool = RealPool(variant)
     pool.build()
     pool.install_project()
     pool.sh("cp /opt/containers/test.sif /opt/containers/site.sif && chmod 644 /opt/containers/site.sif")
-    pool.configure(*SNIPPETS[request.param], extra=ENTRY_POINTS + TEST_CONF)
-    pool.start(pre_start=SIMULATED_CVMFS)
+    pool.configure(*snippets, extra=extra)
+    pool.start(pre_start=pre_start)
     try:
         yield pool
     finally:
         pool.stop()
+
+
+@pytest.fixture(scope="module", params=["mix", "sid"], ids=["condor23.9", "condor25.14"])
+def pool(request):
+    with started_pool(request.param, SNIPPETS[request.param], ENTRY_POINTS + TEST_CONF, SIMULATED_CVMFS) as pool:
+        yield pool
 
 
 def set_extra_conf(pool, extra: str) -> None:

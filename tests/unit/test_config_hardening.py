@@ -230,7 +230,7 @@ def test_a_zero_launch_budget_names_the_knob(tmp_path, cli_env):
 
 # ---------------------------------------------------------------- empty is the default
 
-DEFAULT_PROBES = "container, cvmfs, gpu, sessions, userns"
+DEFAULT_PROBES = "container, cvmfs, execute, gpu, sessions, userns"
 
 
 @pytest.mark.parametrize("where", ["config file", "environment", "flag"])

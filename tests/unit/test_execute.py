@@ -13,7 +13,7 @@ import pytest
 
 from startd_health.core.model import Status
 from startd_health.probes import all_probes
-from startd_health.probes.execute import Bytes, DirCheck, ExecuteProbe, Thresholds, directories, judge, judge_dir
+from startd_health.probes.execute import DirCheck, ExecuteProbe, Thresholds, directories, judge, judge_dir
 
 from .helpers import FakeCondor, make_context, parse_cron_output, run_cli
 
@@ -60,11 +60,8 @@ def fill(path):
         os.close(fd)
 
 
-def test_registered_and_sizes_parse():
+def test_registered():
     assert all_probes()["execute"] is ExecuteProbe
-    assert Bytes()("2G") == 2 * 2**30 and Bytes()("500M") == 500 * 2**20 and Bytes()("1.5GiB") == int(1.5 * 2**30)
-    with pytest.raises(ValueError):
-        Bytes()("lots")
 
 
 def test_directories_from_htcondor_each_once_with_the_knobs_naming_it():
@@ -115,10 +112,10 @@ def test_full_execute_fails_low_execute_degrades(tmpfs):
     r = run_probe(full)
     assert r.status is Status.FAILED and "is full" in r.reason and str(full) in r.reason
     small = tmpfs("small", "size=8m")
-    r = run_probe(small, full_bytes=2**20, low_bytes=100 * 2**20)
+    r = run_probe(small, full_mb=1, low_mb=100)
     assert r.status is Status.DEGRADED and "low on space" in r.reason and r.facts["dirs_low"] == (str(small),)
     few = tmpfs("inodes", "size=8m,nr_inodes=20")
-    r = run_probe(few, full_bytes=2**20, low_bytes=2**20, full_inodes=100)
+    r = run_probe(few, full_mb=1, low_mb=1, full_inodes=100)
     assert r.status is Status.FAILED and "no inodes left" in r.reason
 
 
@@ -145,3 +142,21 @@ def test_cron_publishes_the_execute_verdict(tmpfs, cli_env):
     ad = parse_cron_output(proc.stdout)
     assert ad["StartdHealthOk"] is False and ad["StartdHealthExecuteDirsFailed"] == [str(ro)]
     assert "read-only" in ad["StartdHealthReason"]
+
+
+@pytest.mark.root   # drops to another account
+def test_run_as_root_the_directory_is_tested_as_htcondors_account():
+    """Root writes anywhere; the starter makes job directories as condor
+    (here CONDOR_IDS names nobody, 65534): a root-only EXECUTE fails."""
+    import shutil
+    import tempfile
+    closed = tempfile.mkdtemp(prefix="startd-health-execute-")   # under /tmp: pytest's tmp_path is root-only
+    try:
+        os.chmod(closed, 0o755)
+        ctx = make_context("execute", condor=Condor(EXECUTE=closed, CONDOR_IDS="65534.65534"))
+        r = ExecuteProbe().run(ctx)
+        assert r.status is Status.FAILED and "create: Permission denied (EACCES)" in r.reason
+        os.chown(closed, 65534, 65534)
+        assert ExecuteProbe().run(ctx).status is Status.OK
+    finally:
+        shutil.rmtree(closed, ignore_errors=True)

@@ -223,7 +223,8 @@ def test_the_probe_launches_as_the_starter_does(tmp_path):
     assert argv.splitlines()[:len(expected.options)] == list(expected.options[1:]) + [str(image)]
     scratch = expected.scratch
     assert f"TMPDIR={scratch}" in env and f"APPTAINER_TMPDIR={scratch}" in env and f"PWD={scratch}" in env
-    assert r.facts["launch"] == "starter" and r.facts["launch_argv"] == " ".join(expected.argv())
+    assert r.facts["launch"] == "starter" and r.facts["launch_argv"] == " ".join(expected.argv()).replace(expected.slot_dir, "<slot>")
+    assert "<slot>/scratch" in r.facts["launch_argv"]
     assert os.listdir(execute) == []        # the scratch directory is removed
 
 
@@ -236,7 +237,7 @@ def test_a_full_tmp_is_not_what_the_launch_uses_but_a_read_only_execute_is(tmp_p
         ctx.condor.values["EXECUTE"] = "/proc/sys"
     r = judge(gather(ctx))
     assert r.status is Status.FAILED
-    assert "cannot create a job scratch directory on EXECUTE" in r.reason
+    assert "cannot create a job scratch directory in EXECUTE" in r.reason
 
 
 def test_the_job_accounts_access_from_permission_bits():
@@ -250,3 +251,54 @@ def test_the_job_accounts_access_from_permission_bits():
     assert "/opt (mode 700, owner 0:0) cannot be entered" in ja.denied(nobody, "/opt/site.sif", closed)
     assert ja.choose_name("", "slot1") == ("slot1", "HTCondor's SLOT1_USER")
     assert ja.choose_name("", None)[0] == "nobody"
+
+
+@pytest.mark.root   # a small tmpfs as EXECUTE
+def test_extraction_mode_warns_when_execute_cannot_hold_the_unpacked_image(tmp_path):
+    """No squashfuse here (the test host has none): for an unprivileged
+    runtime a SIF is unpacked into the job's scratch directory on EXECUTE,
+    which is too small for it."""
+    import subprocess
+    from startd_health.probes.container import Gathered, judge
+    from startd_health.system import starter_scratch
+    from startd_health.system.container import Launch, Runtime
+    ctx, log, execute, image, rt = starter_ctx(tmp_path)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(execute)], check=True)
+    try:
+        runtime = Runtime(str(rt), "HTCondor SINGULARITY")
+        st = starter_scratch.prepare(ctx, runtime, True)
+        st.sizes[str(image)] = 2**20
+        st = starter_scratch.finish(ctx, st, runtime, ["unprivileged"])
+    finally:
+        subprocess.run(["umount", "-l", str(execute)], check=False)
+    assert st.sif_mode == "extraction" and st.scratch_free <= 2 * 2**20
+    r = judge(Gathered(runtime, name="apptainer", version="1.4.5", starter=st,
+                       launches=(Launch("site", str(image), True, 0.1, "unprivileged"),)))
+    assert r.status is Status.DEGRADED, r.reason
+    assert "a SIF is extracted into the job's scratch directory on EXECUTE" in r.reason
+    assert r.facts["sif_mode"] == "extraction"
+
+
+def test_without_htcondor_the_launch_is_our_own_and_its_scratch_is_the_runtimes_default(tmp_path):
+    from startd_health.probes.container import gather, judge
+    from .helpers import make_context
+    ctx, log, execute, image, rt = starter_ctx(tmp_path)
+    ctx = make_context("container", runtime=str(rt), images=(f"site={image}",), flags=("--ipc",), launch_timeout=10.0)
+    r = judge(gather(ctx))
+    assert r.status is Status.OK, r.reason
+    # The stand-in runs the script on the host: as root, the full uid map of a privileged runtime.
+    assert r.facts["sif_mode"] == ("kernel" if os.geteuid() == 0 else "extraction")
+    assert r.facts["launch"] == "own" and r.facts["scratch_free_bytes"] > 0
+    assert log.read_text().splitlines()[:2] == ["exec", "--ipc"]
+
+
+@pytest.mark.bindings
+def test_skipped_binds_and_untestable_knobs_are_published(tmp_path):
+    from startd_health.probes.container import gather, judge
+    ctx, log, execute, image, rt = starter_ctx(tmp_path, SINGULARITY_BIND_EXPR=f'"/gone-here,{tmp_path}"',
+                                               SINGULARITY_EXTRA_ARGUMENTS='strcat("-B ", TARGET.Data)')
+    r = judge(gather(ctx))
+    assert r.status is Status.OK, r.reason
+    assert r.facts["binds_skipped"] == ("/gone-here",) and f"-B {tmp_path} " in r.facts["launch_argv"]
+    assert r.facts["knobs_untestable"] == ("SINGULARITY_EXTRA_ARGUMENTS",)
+    assert "not testable without a job: SINGULARITY_EXTRA_ARGUMENTS" in r.reason

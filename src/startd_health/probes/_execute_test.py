@@ -1,7 +1,11 @@
 """Run as a child by the execute probe (probes/execute.py), one per
 directory: a hung filesystem blocks this process, never the probe.
 
-usage: _execute_test.py DIRECTORY
+usage: _execute_test.py DIRECTORY [UID GID]
+
+UID GID: run as root, the child first becomes that account (HTCondor's,
+which creates the job scratch directories), so that root's privilege does
+not hide a directory condor cannot write.
 
 Prints one JSON line: free bytes and inodes (statvfs, as an unprivileged
 user sees them), whether the filesystem is mounted read-only, and the
@@ -17,6 +21,10 @@ import sys
 
 def main() -> None:
     path = sys.argv[1]
+    if len(sys.argv) == 4 and os.geteuid() == 0:
+        os.setgroups([])
+        os.setgid(int(sys.argv[3]))
+        os.setuid(int(sys.argv[2]))
     found = {"path": path}
     try:
         vfs = os.statvfs(path)

@@ -70,7 +70,7 @@ class Gathered:
     version: str = ""
     version_error: str = ""
     launches: Tuple[Launch, ...] = ()
-    starter: Optional[starter_scratch.StarterFacts] = None   # the starter's launch (HTCondor configured)
+    starter: Optional[starter_scratch.StarterFacts] = None   # the launch's facts (the starter's, or our own)
 
 
 # ---------------------------------------------------------------- gather
@@ -134,8 +134,9 @@ def gather(ctx: ProbeContext) -> Gathered:
             launches.append(runtimes.launch(ctx.run, found, image, path, ctx.settings["flags"],
                                             ctx.settings["launch_timeout"], script, repos))
         launch_guard.remember(ctx, image, launches[-1].left_behind, started)
-    if starter is not None:
-        starter = starter_scratch.finish(ctx, starter, found, [l.mode for l in launches if l.ok])
+    if starter is None:   # our own launch: the runtime's scratch is its defaults
+        starter = starter_scratch.own(ctx, found, images_to_test(ctx))
+    starter = starter_scratch.finish(ctx, starter, found, [l.mode for l in launches if l.ok])
     return Gathered(found, name=name or os.path.basename(found.path), version=number, launches=tuple(launches),
                     starter=starter)
 

@@ -9,12 +9,13 @@ EXECUTE ("Failed to create scratch dir", then a rematch loop) or on a full
 one (the job starts and fails), and reports it only afterwards.
 
 Each directory is tested by a child (probes/_execute_test.py) with its own
-timeout: a hung filesystem blocks the child, never the probe. A child that
+timeout, as the condor user (run as root, the child becomes HTCondor's
+account first: root would write where condor cannot): a hung filesystem blocks the child, never the probe. A child that
 could not be killed is remembered (system/stuck.py) and, while it lives,
 the directory is reported hung without starting another.
 
-Judge: read-only, not writable, hung, or less than EXECUTE_FULL_BYTES /
-EXECUTE_FULL_INODES free -> failed; less than EXECUTE_LOW_BYTES /
+Judge: read-only, not writable, hung, or less than EXECUTE_FULL_MB /
+EXECUTE_FULL_INODES free -> failed; less than EXECUTE_LOW_MB /
 EXECUTE_LOW_INODES, or less than the Disk HTCondor's DISK knob makes the
 slots advertise -> degraded.
 """
@@ -23,47 +24,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from startd_health.core.config import Knob, _Bounded, parse_list, parse_positive_seconds
+from startd_health.core.config import Count, Knob, parse_list, parse_positive_seconds
 from startd_health.core.model import Measurement, Probe, ProbeContext, ProbeResult, Status
 from startd_health.system import programs, stuck
 
-_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 _SLOT_EXECUTE = re.compile(r"^SLOT(\d+)_EXECUTE$")
 
 
-@dataclass(frozen=True)
-class Bytes(_Bounded):
-    """A size (500M, 2G, 1.5GiB, 4096) within [minimum, maximum]."""
-
-    minimum: int = 0
-    maximum: int = 2**50
-
-    def convert(self, text: str) -> int:
-        match = _SIZE.match(text)
-        if not match:
-            raise ValueError("expected a size in bytes (e.g. 4096, 500M, 2G)")
-        return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
-
-    def describe(self, value: int) -> str:
-        return human(value)
-
-
-@dataclass(frozen=True)
-class Inodes(_Bounded):
-    minimum: int = 0
-    maximum: int = 2**40
-
-    def convert(self, text: str) -> int:
-        try:
-            return int(text.strip())
-        except ValueError:
-            raise ValueError("expected a whole number of inodes") from None
+MIB = 2**20
+parse_mib = Count(minimum=0, maximum=10**9)          # MiB: up to about 1 EiB
+parse_inodes = Count(minimum=0, maximum=10**10)
 
 
 def human(value: float) -> str:
@@ -116,6 +92,23 @@ def _record(path: str) -> str:
     return "execute-" + hashlib.sha1(path.encode()).hexdigest()[:12]
 
 
+def condor_ids(ctx: ProbeContext) -> Tuple[str, ...]:
+    """Run as root: (uid, gid) of HTCondor's account (CONDOR_IDS, else condor), as whom the
+    starter creates job scratch directories; () otherwise (we are that account already, or none exists)."""
+    if os.geteuid() != 0:
+        return ()
+    ids = (ctx.condor.get("CONDOR_IDS") or "") if ctx.condor is not None else ""
+    uid, _, gid = ids.strip().partition(".")
+    if uid.isdigit() and gid.isdigit():
+        return uid, gid
+    try:
+        import pwd
+        entry = pwd.getpwnam("condor")
+    except (ImportError, KeyError):
+        return ()
+    return str(entry.pw_uid), str(entry.pw_gid)
+
+
 def check_dir(ctx: ProbeContext, path: str, knobs: Tuple[str, ...], timeout: float) -> DirCheck:
     scratch = ctx.scratch_dir()
     still = stuck.still_stuck(scratch, _record(path))
@@ -123,7 +116,8 @@ def check_dir(ctx: ProbeContext, path: str, knobs: Tuple[str, ...], timeout: flo
         return DirCheck(path, knobs, hung=f"an earlier test ({still.describe()}, since {stuck.iso(still.since)}) "
                                           "is still stuck in it")
     started = time.time()
-    result = ctx.run(programs.python_argv("startd_health.probes", "_execute_test.py", path), timeout=timeout)
+    result = ctx.run(programs.python_argv("startd_health.probes", "_execute_test.py", path, *condor_ids(ctx)),
+                     timeout=timeout)
     if result.left_behind:
         stuck.remember(scratch, _record(path), result.left_behind, started)
     lines = result.stdout.splitlines()
@@ -181,14 +175,14 @@ def judge_dir(d: DirCheck, t: Thresholds, advertised: Optional[int] = None) -> T
     if d.error:
         return Status.FAILED, f"{name}: {d.error}"
     if d.free_bytes is not None and d.free_bytes < t.full_bytes:
-        return Status.FAILED, f"{name} is full: {human(d.free_bytes)} free (EXECUTE_FULL_BYTES {human(t.full_bytes)})"
+        return Status.FAILED, f"{name} is full: {human(d.free_bytes)} free (STARTD_HEALTH_EXECUTE_FULL_MB {t.full_bytes // MIB})"
     inodes_counted = bool(d.total_inodes)
     if inodes_counted and d.free_inodes is not None and d.free_inodes < t.full_inodes:
-        return Status.FAILED, f"{name} has no inodes left: {d.free_inodes} free (EXECUTE_FULL_INODES {t.full_inodes})"
+        return Status.FAILED, f"{name} has no inodes left: {d.free_inodes} free (STARTD_HEALTH_EXECUTE_FULL_INODES {t.full_inodes})"
     if d.free_bytes is not None and d.free_bytes < t.low_bytes:
-        return Status.DEGRADED, f"{name} is low on space: {human(d.free_bytes)} free (EXECUTE_LOW_BYTES {human(t.low_bytes)})"
+        return Status.DEGRADED, f"{name} is low on space: {human(d.free_bytes)} free (STARTD_HEALTH_EXECUTE_LOW_MB {t.low_bytes // MIB})"
     if inodes_counted and d.free_inodes is not None and d.free_inodes < t.low_inodes:
-        return Status.DEGRADED, f"{name} is low on inodes: {d.free_inodes} free (EXECUTE_LOW_INODES {t.low_inodes})"
+        return Status.DEGRADED, f"{name} is low on inodes: {d.free_inodes} free (STARTD_HEALTH_EXECUTE_LOW_INODES {t.low_inodes})"
     if advertised is not None and d.free_bytes is not None and d.free_bytes < advertised:
         return Status.DEGRADED, (f"{name} has {human(d.free_bytes)} free, less than the slots advertise "
                                  f"(DISK = {advertised // 1024} KiB)")
@@ -233,14 +227,14 @@ class ExecuteProbe(Probe):
              default_text="HTCondor's `EXECUTE` and every `SLOT<N>_EXECUTE`; without HTCondor, none (skipped)"),
         Knob("EXECUTE_DIR_TIMEOUT", parse_positive_seconds, 10.0, "budget for one directory's test (a hung "
              "filesystem fails it)", "SECONDS"),
-        Knob("EXECUTE_FULL_BYTES", Bytes(), 64 * 2**20, "less free space than this fails the node (a job "
-             "cannot even unpack its input)", "SIZE"),
-        Knob("EXECUTE_LOW_BYTES", Bytes(), 2 * 2**30, "less free space than this degrades the node", "SIZE"),
-        Knob("EXECUTE_FULL_INODES", Inodes(), 1000, "fewer free inodes than this fails the node", "COUNT"),
-        Knob("EXECUTE_LOW_INODES", Inodes(), 50000, "fewer free inodes than this degrades the node", "COUNT"),
+        Knob("EXECUTE_FULL_MB", parse_mib, 64, "less free space than this many MiB fails the node (a job "
+             "cannot even unpack its input)", "MIB"),
+        Knob("EXECUTE_LOW_MB", parse_mib, 2048, "less free space than this many MiB degrades the node", "MIB"),
+        Knob("EXECUTE_FULL_INODES", parse_inodes, 1000, "fewer free inodes than this fails the node", "COUNT"),
+        Knob("EXECUTE_LOW_INODES", parse_inodes, 50000, "fewer free inodes than this degrades the node", "COUNT"),
     )
 
     def run(self, ctx: ProbeContext) -> ProbeResult:
         s = ctx.settings
-        thresholds = Thresholds(s["full_bytes"], s["low_bytes"], s["full_inodes"], s["low_inodes"])
+        thresholds = Thresholds(s["full_mb"] * MIB, s["low_mb"] * MIB, s["full_inodes"], s["low_inodes"])
         return judge(gather(ctx), thresholds, advertised_disk(ctx))

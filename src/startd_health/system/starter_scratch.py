@@ -19,6 +19,7 @@ as EXTRACT_FACTOR times the SIF, the usual squashfs compression ratio).
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -33,12 +34,13 @@ EXTRACT_FACTOR = 3
 # itself (-C, or --contain --ipc --cleanenv): not added to the starter's launch.
 CONTAINMENT = {"-C", "--containall", "-c", "--contain", "-i", "--ipc", "-p", "--pid", "-e", "--cleanenv"}
 SQUASHFUSE = ("squashfuse_ll", "squashfuse")
+C_LOCALE = dict(os.environ, LC_ALL="C")   # coreutils' messages without translated quotes
 
 
 @dataclass
 class StarterFacts:
     condor_version: str
-    execute: str
+    execute: str                          # EXECUTE; for our own launch, the runtime's temporary directory
     apptainer: bool
     account: Optional[job_account.Account]
     account_error: str = ""
@@ -46,6 +48,7 @@ class StarterFacts:
     extra_flags: Tuple[str, ...] = ()     # ours, after the starter's arguments
     slot: starter.SlotFacts = starter.SlotFacts()
     argv: Tuple[str, ...] = ()            # the last launch's command line (for the record)
+    slot_dir: str = ""                    # its slot directory (EXECUTE/startd-health.<pid>.<n>, removed since)
     untestable: Tuple[str, ...] = ()
     skipped_binds: Tuple[str, ...] = ()
     knob_args: Tuple[Tuple[str, str], ...] = ()
@@ -55,6 +58,7 @@ class StarterFacts:
     scratch_free: Optional[int] = None    # bytes free where the runtime extracts (EXECUTE)
     scratch_needed: int = 0
     warnings: List[str] = field(default_factory=list)
+    kind: str = "starter"                 # starter | own (no HTCondor: STARTD_HEALTH_CONTAINER_FLAGS, our environment)
 
 
 def prepare(ctx: Any, runtime: Runtime, apptainer: bool) -> Optional[StarterFacts]:
@@ -74,6 +78,20 @@ def prepare(ctx: Any, runtime: Runtime, apptainer: bool) -> Optional[StarterFact
                              rocm=os.path.exists(procfs.path(ctx.system_root, "sys/module/amdgpu")))
     return StarterFacts(condor.get("CONDOR_VERSION") or "", execute, apptainer, account, error,
                         dropped=os.geteuid() == 0 and account is not None, extra_flags=extra, slot=slot)
+
+
+def own(ctx: Any, runtime: Runtime, images: Sequence[Tuple[str, str]]) -> StarterFacts:
+    """Our own launch (no HTCondor configuration): the runtime's scratch is
+    its defaults, APPTAINER_TMPDIR, else TMPDIR, else /tmp, as we run it."""
+    env = runtime.env if runtime.env is not None else os.environ
+    tmpdir = env.get("APPTAINER_TMPDIR") or env.get("SINGULARITY_TMPDIR") or env.get("TMPDIR") or "/tmp"
+    st = StarterFacts("", tmpdir, True, None, kind="own")
+    paths = [path for _, path in images if os.path.isabs(path)]
+    if paths:
+        for path, (found, size) in _stat(ctx, paths).items():
+            if stat.S_ISREG(found.mode):
+                st.sizes[path] = size
+    return st
 
 
 def _build(ctx: Any, st: StarterFacts, runtime: Runtime, path: str, index: int, existing: Optional[set] = None,
@@ -116,28 +134,37 @@ def launch(ctx: Any, st: StarterFacts, runtime: Runtime, image: str, path: str, 
     # The job account must reach the image and EXECUTE, whatever we (condor) can.
     if st.account is not None and not st.dropped:
         stats = [s for s, _ in found.values()]
-        for target, what in ((path, "image"), (st.execute, "EXECUTE")):
+        # An image we cannot see ourselves is left to the runtime's own error, as before.
+        for target, what in [(t, w) for t, w in ((path, "image"), (st.execute, "EXECUTE")) if t in found]:
             why = job_account.denied(st.account, target, stats, need_dir=what == "EXECUTE")
             if why:
                 return Launch(image, path, False, 0.0, error=f"job account {st.account.name} cannot use the {what}: "
                                                              f"{why}")
 
-    owner = ["-o", str(st.account.uid), "-g", str(st.account.gid)] if st.dropped and st.account else []
-    made = ctx.run(["install", "-d", "-m", "0700", *owner, built.slot_dir, built.scratch], timeout=MKDIR_TIMEOUT)
+    made_dirs = [built.slot_dir] + ([built.scratch] if built.scratch != built.slot_dir else [])
+    made = ctx.run(["mkdir", "-m", "0700", "--", *made_dirs], timeout=MKDIR_TIMEOUT, env=C_LOCALE)
+    if made.ok and st.dropped and st.account is not None:
+        made = ctx.run(["chown", f"{st.account.uid}:{st.account.gid}", "--", *made_dirs], timeout=MKDIR_TIMEOUT,
+                       env=C_LOCALE)
     try:
         if not made.ok:
-            detail = (made.stderr.strip().splitlines() or [made.describe_failure()])[-1]
+            # The first complaint ends in the system's error text ("Read-only file system").
+            lines = made.stderr.strip().splitlines()
+            detail = lines[0].rsplit(": ", 1)[-1] if lines else made.describe_failure()
             return Launch(image, path, False, made.duration_seconds,
-                          error=f"cannot create a job scratch directory on EXECUTE ({st.execute}): {detail}")
+                          error=f"cannot create a job scratch directory in EXECUTE {st.execute}: {detail}")
         result = _run(ctx, st, runtime, image, path, built, script, cvmfs_repos)
-        if not result.ok and built.pid_namespaces is None and not result.left_behind:
+        if (not result.ok and built.pid_namespaces is None and not result.left_behind
+                and "namespace" in result.error.lower()):
             # SINGULARITY_USE_PID_NAMESPACES = auto: the startd tried -C first and
-            # fell back without pid namespaces; so do we.
+            # fell back without pid namespaces when that failed; so do we.
+            argv = st.argv
             fallback = _build(ctx, st, runtime, path, index, existing, dirs, no_pidns=True)
             retry = _run(ctx, st, runtime, image, path, fallback, script, cvmfs_repos)
             if retry.ok:
                 st.no_pid_namespaces = True
-                result = retry
+                return retry
+            st.argv = argv
         return result
     finally:
         ctx.run(["rm", "-rf", "--one-file-system", "--", built.slot_dir], timeout=MKDIR_TIMEOUT)
@@ -150,16 +177,17 @@ def _run(ctx: Any, st: StarterFacts, runtime: Runtime, image: str, path: str, bu
     if st.dropped and st.account is not None:
         argv = job_account.drop_argv(st.account) + argv
     st.argv = tuple(options + [built.image])
+    st.slot_dir = built.slot_dir
     env = starter.runtime_environment(runtime.env if runtime.env is not None else os.environ, built)
     result = launch_argv(ctx.run, image, path, argv, ctx.settings["launch_timeout"], cvmfs_repos, env=env,
                          cwd=built.scratch, uid=st.account.uid if st.dropped and st.account else None)
     if not result.ok:
         # Name the site's arguments the launch had: the usual culprit when only the starter's launch fails.
-        given = "; ".join(f"{knob} gave {args}" for knob, args in built.knob_args
-                          if knob in ("SINGULARITY_EXTRA_ARGUMENTS", "SINGULARITY_BIND_EXPR", "SINGULARITY_TARGET_DIR"))
+        given = ", ".join(f"{knob} {args}" for knob, args in built.knob_args
+                          if knob in ("SINGULARITY_EXTRA_ARGUMENTS", "SINGULARITY_TARGET_DIR"))
         if given:
-            return Launch(result.image, result.path, False, result.seconds, result.mode, f"{result.error} ({given})",
-                          result.pid_namespace, result.left_behind)
+            return Launch(result.image, result.path, False, result.seconds, result.mode,
+                          f"launch with {given}: {result.error}", result.pid_namespace, result.left_behind)
     return result
 
 
@@ -177,9 +205,11 @@ def finish(ctx: Any, st: StarterFacts, runtime: Runtime, modes: Sequence[str] = 
     except ValueError:
         st.scratch_free = None
     found = _stat(ctx, candidates + ["/dev/fuse"])
-    has_squashfuse = any(p in found for p in candidates)
+    account = st.account
+    has_squashfuse = any(p in found and stat.S_ISREG(found[p][0].mode)
+                         and (account is None or job_account.allowed(account, found[p][0], os.X_OK))
+                         for p in candidates)
     fuse = found.get("/dev/fuse")
-    account = st.account if st.account is not None else None
     fuse_ok = fuse is not None and (account is None or job_account.allowed(account, fuse[0], os.R_OK | os.W_OK))
     if "privileged" in modes:
         st.sif_mode = "kernel"
@@ -187,23 +217,32 @@ def finish(ctx: Any, st: StarterFacts, runtime: Runtime, modes: Sequence[str] = 
         st.sif_mode = "squashfuse" if has_squashfuse and fuse_ok else "extraction"
     st.scratch_needed = EXTRACT_FACTOR * max(st.sizes.values(), default=0)
     if st.sif_mode == "extraction" and st.scratch_free is not None and st.scratch_free < st.scratch_needed:
-        st.warnings.append(f"a SIF is extracted into the job's scratch directory on EXECUTE ({st.execute}: "
+        where = ("the job's scratch directory on EXECUTE" if st.kind == "starter"
+                 else "the runtime's temporary directory")
+        st.warnings.append(f"a SIF is extracted into {where} ({st.execute}: "
                            f"{st.scratch_free // 2**20} MiB free, about {st.scratch_needed // 2**20} MiB needed)")
     return st
 
 
 def facts(st: StarterFacts) -> Dict[str, Any]:
+    if st.kind != "starter":
+        mine: Dict[str, Any] = {"launch": st.kind, "sif_mode": st.sif_mode}
+        if st.scratch_free is not None:
+            mine["scratch_free_bytes"] = st.scratch_free
+        return mine
     out: Dict[str, Any] = {
         "launch": "starter",
-        "launch_argv": " ".join(st.argv),
+        # The slot directory written once, as <slot>: the whole line stays readable in the ad.
+        # (No fact of the directory itself: its name changes every run, a new series each time in Prometheus.)
+        "launch_argv": " ".join(st.argv).replace(st.slot_dir, "<slot>") if st.slot_dir else " ".join(st.argv),
         "job_user": st.account.name if st.account else "",
         "job_user_launch": "as the account" if st.dropped else "as this user; the account's access from permissions",
         "sif_mode": st.sif_mode,
     }
     if st.untestable:
-        out["not_testable"] = st.untestable
+        out["knobs_untestable"] = tuple(u.split(":", 1)[0] for u in st.untestable)
     if st.skipped_binds:
-        out["skipped_binds"] = st.skipped_binds
+        out["binds_skipped"] = st.skipped_binds
     if st.scratch_free is not None:
         out["scratch_free_bytes"] = st.scratch_free
     if st.no_pid_namespaces:
