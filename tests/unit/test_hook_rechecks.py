@@ -247,7 +247,7 @@ def test_a_full_scratch_directory_requeues(node, tmp_path):
     argv = [sys.executable, "-m", "startd_health", "hook", "prepare-job", "--no-condor-config",
             "--state-dir", str(node["state"]), "--container-runtime", str(node["runtime"]),
             "--container-images", f"el9={node['image']}", "--cvmfs-root", str(node["cvmfs"]),
-            "--execute-full-bytes", str(free * 2)]
+            "--execute-full-mb", str(free * 2 // 2**20 + 1)]
     proc = subprocess.run(argv, input=f'SingularityImage = "{node["image"]}"\n', capture_output=True, text=True,
                           env=dict(hook_env, _CONDOR_SCRATCH_DIR=str(scratch)), timeout=60)
     assert requeued(proc), proc.stdout + proc.stderr

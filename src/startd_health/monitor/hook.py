@@ -295,7 +295,7 @@ def prepare_job(config: Any, stdin_text: str) -> Decision:
     from startd_health.core.runner import BudgetedContext
     from startd_health.core.state import StateDir
     from startd_health.probes.container import ContainerProbe
-    from startd_health.probes.execute import Thresholds
+    from startd_health.probes.execute import MIB, Thresholds
     from startd_health.system import inside, launch_guard
     from startd_health.system.container import Launch, find_runtime, launch
 
@@ -317,8 +317,8 @@ def prepare_job(config: Any, stdin_text: str) -> Decision:
 
     if not image:
         return Decision(True, "no container image in the job: nothing to check")
-    thresholds = Thresholds(config["EXECUTE_FULL_BYTES"], config["EXECUTE_LOW_BYTES"], config["EXECUTE_FULL_INODES"],
-                            config["EXECUTE_LOW_INODES"])
+    thresholds = Thresholds(config["EXECUTE_FULL_MB"] * MIB, config["EXECUTE_LOW_MB"] * MIB,
+                            config["EXECUTE_FULL_INODES"], config["EXECUTE_LOW_INODES"])   # as the execute probe
     finding = recheck(ctx, settings, image, site_images.get(image, ""), config.condor, thresholds)
     if finding is not None:
         if not finding.node_fault:
