@@ -32,12 +32,16 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def measure(argv, runs, env=None):
+def measure(argv, runs, env=None, stdin=None):
+    """stdin: text written to the command's standard input (None: /dev/null)."""
     walls, cpus, rss = [], [], []
     for _ in range(runs):
         t0 = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                stdin=subprocess.DEVNULL, env=env)
+                                stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE, env=env)
+        if stdin is not None:
+            proc.stdin.write(stdin.encode())
+            proc.stdin.close()
         _, status, usage = os.wait4(proc.pid, 0)
         walls.append(time.perf_counter() - t0)
         if os.waitstatus_to_exitcode(status) not in (0, 3):

@@ -17,7 +17,22 @@ unprivileged user `tester`, once per configuration:
   startd-health-pinned  the same, with STARTD_HEALTH_CONTAINER_RUNTIME
                  = $(SINGULARITY): the probe tests exactly the runtime HTCondor uses
 
-For each run: every node starts healthy (and, with startd-health, is seen
+  default-periodic  exactly the shipped packaging at its defaults (cron every
+                 300 s), with only what a site must set (SITE_CONF)
+  daemon         the same plus 54-startd-health-daemon.conf at its defaults
+
+Two modes. ROUNDS (the default; configurations baseline, default-periodic,
+daemon): a steady stream of short jobs (JobStream keeps a backlog idle in the
+queue) and --rounds injections, each at a random time within the period
+(300 s) after the nodes were last seen healthy; per fault the seconds from
+injection to refusing (p50/p95 over the rounds) and, per round, the jobs that
+landed between injection and repair with what became of each (requeued,
+failed, held, ok); between rounds the faults are repaired, the nodes' cached
+results cleared and condor_reconfig run. All 17 nodes, issue 14's faults
+included (tmp_full is harmless: the node must keep accepting jobs).
+
+BATCH (--mode batch, the earlier experiment, without issue 14's nodes):
+for each run: every node starts healthy (and, with startd-health, is seen
 healthy); all faults are injected at once; the experiment watches each node's
 gate (the slot's own Requirements, evaluated by the real ClassAd library
 against the batch's job ad, with the slot's resources restored so that a busy
@@ -37,11 +52,14 @@ the fault lasts (the faults are kept for at least --leftover-runs runs); the
 goal is no growth after the first run.
 
 usage (as root; builds the root filesystem on first use):
-  python3 benchmarks/fault_experiment.py [--configs baseline,startd-health,startd-health-pinned]
+  python3 benchmarks/fault_experiment.py [--configs baseline,default-periodic,daemon] [--rounds 3]
+      [--backlog 8] [--seed 14] [--nodes node1,node5] [--json results.json]
+  python3 benchmarks/fault_experiment.py --mode batch [--configs baseline,startd-health,startd-health-pinned]
       [--jobs 110] [--gpu-jobs 10] [--batch-timeout 300] [--leftover-runs 10]
-      [--nodes node1,node5] [--json results.json]
-The host Python needs the htcondor bindings (htcondor2, classad2). About 3 minutes per
-configuration on a 2-core machine; every pool is stopped and every FUSE mount removed at the end.
+The host Python needs the htcondor bindings (htcondor2, classad2). Rounds: about 7 minutes
+(HTCondor alone) to 30 minutes (default-periodic) per configuration on a 2-core machine;
+batch: about 3 minutes per configuration. Every pool is stopped and every FUSE mount removed
+at the end.
 """
 
 from __future__ import annotations
@@ -49,6 +67,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import sys
 import threading
@@ -64,7 +83,8 @@ for _path in (REPO, os.path.join(REPO, "src")):  # tests.realpool; the package w
 import classad2  # noqa: E402
 import htcondor2  # noqa: E402
 
-from tests.realpool.multinode import FAULT_HOW, IMAGE, REPO as CVMFS_REPO, MultiNodePool, NodeSpec  # noqa: E402
+from tests.realpool.multinode import (FAULT_HOW, HARMLESS, IMAGE, REPO as CVMFS_REPO, MultiNodePool,  # noqa: E402
+                                      NodeSpec, node_of_slot)
 from tests.realpool.pool import RealPool  # noqa: E402
 
 INSTANCE = "faults"
@@ -81,9 +101,35 @@ NODES = [
     NodeSpec("node8", fault="userns_refused"),
     NodeSpec("node9", cpus=1, gpus=1, gpu_only=True),
     NodeSpec("node10", fault="gpu_nv_broken", cpus=1, gpus=1, gpu_only=True),
+    # What the job gets (issue 14): one slot each, to keep the box's load down.
+    NodeSpec("node12", fault="execute_readonly", cpus=1),
+    NodeSpec("node13", fault="execute_full", cpus=1),
+    NodeSpec("node14", fault="execute_nearly_full", cpus=1),
+    NodeSpec("node15", fault="extra_args_bind_missing", cpus=1),
+    NodeSpec("node16", fault="image_unreadable_by_jobs", cpus=1),
+    NodeSpec("node17", fault="tmp_full", cpus=1),
 ]
+# The nodes of the batch mode's earlier runs (the README's first tables).
+BATCH_NODES = [n for n in NODES if n.fault not in (
+    "execute_readonly", "execute_full", "execute_nearly_full", "extra_args_bind_missing", "image_unreadable_by_jobs",
+    "tmp_full")]
 
 CRON_PERIOD = 10
+DEFAULT_CRON_PERIOD = 300   # 50-startd-health.conf's STARTD_HEALTH_CRON_PERIOD
+# What a site sets whatever the mode: where the tool is installed, its
+# images and flags, the repositories, and that every job here needs a
+# container. No period, deadline or timeout: those stay at their defaults.
+# The quarantine is off only so that a repaired repository comes back for
+# the next injection round (it changes recovery, not detection).
+SITE_CONF = f"""\
+STARTD_HEALTH_CRON = /opt/startd-health/venv/bin/startd-health-cron
+STARTD_HEALTH_CONTAINER_REQUIREMENT = REQUIRED
+STARTD_HEALTH_CONTAINER_IMAGES = site={IMAGE}
+STARTD_HEALTH_CONTAINER_FLAGS = --ipc --pid --contain --bind /cvmfs
+STARTD_HEALTH_CONTAINER_BINDS = /cvmfs/{CVMFS_REPO}
+STARTD_HEALTH_CVMFS_REPOSITORIES = {CVMFS_REPO}
+STARTD_HEALTH_CVMFS_QUARANTINE = 0
+"""
 # The project's packaging with test-speed periods (the defaults are 300 s
 # period, 150 s deadline, 30 s launch timeout: detection scales with them).
 HEALTH_CONF = f"""\
@@ -107,10 +153,20 @@ STARTD_HEALTH_CVMFS_REPO_TIMEOUT = 5
 STARTD_HEALTH_CVMFS_QUARANTINE = 0
 """
 PACKAGING = ("50-startd-health.conf", "51-startd-health-healthexprs.conf", "53-startd-health-hook.conf")
-SNIPPETS = {"baseline": (), "startd-health": PACKAGING, "startd-health-pinned": PACKAGING}
+DAEMON_SNIPPET = "54-startd-health-daemon.conf"
 # Variant: the runtime to test pinned to HTCondor's own SINGULARITY (by default
 # the probe falls back to apptainer from PATH when SINGULARITY is not executable).
 PINNED_CONF = "STARTD_HEALTH_CONTAINER_RUNTIME = $(SINGULARITY)\n"
+# configuration -> (packaging snippets, extra configuration)
+CONFIGS = {
+    "baseline": ((), ""),
+    "startd-health": (PACKAGING, HEALTH_CONF),
+    "startd-health-pinned": (PACKAGING, HEALTH_CONF + PINNED_CONF),
+    # exactly the shipped packaging at its defaults (cron every 300 s)
+    "default-periodic": (PACKAGING, SITE_CONF),
+    # the continuous daemon (54-startd-health-daemon.conf) at its defaults
+    "daemon": (PACKAGING + (DAEMON_SNIPPET,), SITE_CONF),
+}
 
 JOB = f"""\
 universe = container
@@ -333,18 +389,25 @@ def job_outcomes(pool: RealPool) -> Dict[str, Dict[str, Any]]:
     return dict(jobs)
 
 
-def run_config(config: str, args: argparse.Namespace, nodes: List[NodeSpec]) -> Dict[str, Any]:
+def set_up(config: str, nodes: List[NodeSpec]) -> Tuple[RealPool, MultiNodePool]:
     pool = RealPool("sid", instance=INSTANCE)
     mpool = MultiNodePool(pool, nodes)
-    t_start = time.monotonic()
     log(f"=== {config}: building/reusing the root filesystem")
     pool.build()
-    health = config.startswith("startd-health")
-    if health:
+    snippets, extra = CONFIGS[config]
+    if snippets:
+        missing = [s for s in snippets if not os.path.exists(os.path.join(REPO, "packaging", "condor", s))]
+        if missing:
+            raise SystemExit(f"{config}: packaging snippet(s) {', '.join(missing)} not in this checkout")
         pool.install_project()
     mpool.prepare()
-    extra = mpool.pool_config() + (HEALTH_CONF if health else "") + (PINNED_CONF if config.endswith("pinned") else "")
-    pool.configure(*SNIPPETS[config], extra=extra)
+    pool.configure(*snippets, extra=mpool.pool_config() + extra)
+    return pool, mpool
+
+
+def run_config(config: str, args: argparse.Namespace, nodes: List[NodeSpec]) -> Dict[str, Any]:
+    t_start = time.monotonic()
+    pool, mpool = set_up(config, nodes)
     result: Dict[str, Any] = {"config": config, "nodes": {}}
     watcher: Optional[GateWatcher] = None
     try:
@@ -354,7 +417,7 @@ def run_config(config: str, args: argparse.Namespace, nodes: List[NodeSpec]) -> 
         log(f"{len(names)} distinct startds in condor_status: {' '.join(names)}")
         result["startds"] = names
         jobs = job_ads(pool)
-        watcher = GateWatcher(mpool, jobs).start()
+        watcher = GateWatcher(mpool, jobs, interval=args.sample_interval).start()
         if not watcher.wait(lambda acc: len(acc) == len(nodes) and all(acc.values()), 120):
             raise RuntimeError(f"not every node accepts jobs before the faults: {watcher.latest()} "
                                f"{watcher.samples[-1][2] if watcher.samples else ''}")
@@ -538,35 +601,339 @@ def table(results: List[Dict[str, Any]], nodes: List[NodeSpec]) -> str:
     return "\n".join(lines)
 
 
+# ====================================================================== rounds mode
+# Several injection rounds per configuration, each at a random phase of the
+# cron period, with jobs arriving all the time (a backlog of short jobs kept
+# topped up from before the injection on): how long until each faulty node
+# refuses, and how many jobs land on it meanwhile, and what becomes of them.
+
+STREAM_JOB = JOB.replace("sleep 2", "sleep 15").replace("log = batch.log", "log = stream.log")
+
+
+class JobStream:
+    """Keeps at least `backlog` CPU jobs (and `gpu_backlog` GPU jobs) idle in the queue, so that
+    every slot that frees up -- a faulty node's first of all, since its jobs end at once -- gets
+    the next job within a negotiation cycle, as on a busy pool."""
+
+    def __init__(self, pool: RealPool, backlog: int, gpu_backlog: int, interval: float = 5.0) -> None:
+        self.pool = pool
+        self.backlog, self.gpu_backlog, self.interval = backlog, gpu_backlog, interval
+        self.submitted = 0
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="job-stream", daemon=True)
+
+    def start(self) -> "JobStream":
+        self.pool.write("/home/tester/stream.sub", STREAM_JOB)
+        self.pool.sh("cd /home/tester && rm -rf out stream.log && mkdir out", user="tester")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+    def idle(self) -> Tuple[int, int]:
+        out = self.pool.enter("condor_q", "-all", "-constraint", "JobStatus == 1", "-af", "RequestGPUs",
+                              timeout=60).stdout
+        gpu = sum(1 for line in out.split() if line not in ("undefined", "0"))
+        return len(out.split()) - gpu, gpu
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                cpu, gpu = self.idle()
+                gpu_extra = "-append 'request_gpus = 1'"
+                for missing, extra in ((self.backlog - cpu, ""), (self.gpu_backlog - gpu, gpu_extra)):
+                    if missing > 0:
+                        self.pool.sh(f"cd /home/tester && condor_submit -terse stream.sub {extra} -queue {missing}",
+                                     user="tester", timeout=120)
+                        self.submitted += missing
+            except Exception as exc:   # a slow schedd must not end the stream
+                self.errors += 1
+                log(f"job stream: {type(exc).__name__}: {exc}")
+            self._stop.wait(self.interval)
+
+
+def state_results_dir(pool: RealPool, node: str) -> str:
+    """Host path of the node's cached probe results (STARTD_HEALTH_STATE_DIR/results)."""
+    return pool.path(f"/tmp/condor/spool/startd_health.{node}/results")
+
+
+def bring_back(pool: RealPool, mpool: MultiNodePool, broken: List[NodeSpec], health: bool) -> None:
+    """After the repair: forget the nodes' cached failures and reconfigure, so that every
+    node is re-probed now (the periodic job re-runs on reconfig, the daemon restarts) instead
+    of at its next scheduled run. Not part of what is measured: it only starts the next round
+    sooner."""
+    if not health:
+        return
+    for spec in broken:
+        directory = state_results_dir(pool, spec.name)
+        for name in (os.listdir(directory) if os.path.isdir(directory) else ()):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass
+    pool.enter("condor_reconfig", timeout=60, check=False)
+
+
+def quantile(values: List[float], q: float) -> Optional[float]:
+    """Nearest-rank quantile (with 3-5 rounds, p95 is the largest value)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(-(-q * len(ordered) // 1)) - 1))]
+
+
+def job_events(pool: RealPool, name: str = "stream.log") -> Dict[str, List[Tuple[float, str, Dict[str, Any]]]]:
+    """Per job (C.P): (epoch time, kind, details) of each event in the user log."""
+    path = pool.path(f"/home/tester/{name}")
+    events: Dict[str, List[Tuple[float, str, Dict[str, Any]]]] = defaultdict(list)
+    if not os.path.exists(path):
+        return events
+    T = htcondor2.JobEventType
+    kinds = {T.EXECUTE: "execute", T.JOB_TERMINATED: "terminated", T.JOB_HELD: "held", T.JOB_EVICTED: "evicted",
+             T.SHADOW_EXCEPTION: "exception", T.JOB_ABORTED: "removed", T.JOB_RELEASED: "released"}
+    for event in htcondor2.JobEventLog(path).events(stop_after=0):
+        kind = kinds.get(event.type)
+        if kind is None:
+            continue
+        details: Dict[str, Any] = {}
+        if kind == "execute":
+            details["node"] = node_of_slot(str(event.get("SlotName", "")))
+        elif kind == "terminated":
+            details["ok"] = bool(event.get("TerminatedNormally", True)) and event.get("ReturnValue", None) == 0
+        elif kind == "held":
+            details["reason"] = str(event.get("HoldReason", ""))[:160]
+        events[f"{event.cluster}.{event.proc}"].append((float(event.timestamp), kind, details))
+    return events
+
+
+def outcome(events: List[Tuple[float, str, Dict[str, Any]]], since: float, node: str) -> str:
+    """What became of a job that landed on `node` at `since` (its StartLog activation):
+    ok | failed | held | requeued | unfinished | removed. The job log's times have 1 s
+    resolution, and the end of the job's previous attempt (elsewhere) can share that second."""
+    own = next((i for i, (when, kind, details) in enumerate(events)
+                if kind == "execute" and details.get("node") == node and since - 1 <= when <= since + 30), None)
+    if own is None:
+        # It never started there: the pre-job hook or the starter's own container test ended the
+        # attempt, and it went back to the queue (or was held, or removed at the end).
+        later = [(kind, details) for when, kind, details in events if when >= since]
+        for kind, _ in later:
+            if kind in ("held", "removed"):
+                return kind
+            if kind in ("evicted", "exception", "execute"):
+                return "requeued"
+        return "requeued" if later else "unfinished"
+    for _, kind, details in events[own + 1:]:
+        if kind == "terminated":
+            return "ok" if details.get("ok") else "failed"
+        if kind == "held":
+            return "held"
+        if kind in ("evicted", "exception", "execute"):
+            return "requeued"
+        if kind == "removed":
+            return "removed"
+    return "unfinished"
+
+
+def run_rounds(config: str, args: argparse.Namespace, nodes: List[NodeSpec]) -> Dict[str, Any]:
+    t_start = time.monotonic()
+    pool, mpool = set_up(config, nodes)
+    health = bool(CONFIGS[config][0])
+    period = {"default-periodic": DEFAULT_CRON_PERIOD, "daemon": args.daemon_phase_window}.get(config, CRON_PERIOD)
+    if not CONFIGS[config][0]:
+        period = 0.0   # HTCondor alone: no period to be in phase with
+    result: Dict[str, Any] = {"config": config, "mode": "rounds", "rounds": [], "phase_window_s": period,
+                              "load_before": os.getloadavg()}
+    watcher: Optional[GateWatcher] = None
+    stream: Optional[JobStream] = None
+    broken = [n for n in nodes if n.fault]
+    must_refuse = [n for n in broken if n.fault not in HARMLESS]
+    rng = random.Random(args.seed)
+    try:
+        mpool.start()
+        names = pool.wait_for(lambda: (lambda n: n if len(n) == len(nodes) else None)(mpool.startd_names()), 120,
+                              f"{len(nodes)} startds in condor_status")
+        log(f"{len(names)} distinct startds in condor_status")
+        jobs = job_ads(pool)
+        watcher = GateWatcher(mpool, jobs, interval=args.sample_interval).start()
+        if not watcher.wait(lambda acc: len(acc) == len(nodes) and all(acc.values()), 240):
+            raise RuntimeError(f"not every node accepts jobs before the faults: {watcher.latest()} "
+                               f"{watcher.samples[-1][2] if watcher.samples else ''}")
+        t_ready = time.monotonic()
+        stream = JobStream(pool, args.backlog, args.gpu_backlog).start()
+        log(f"every node accepts jobs; job stream started (backlog {args.backlog} CPU + {args.gpu_backlog} GPU)")
+        for number in range(1, args.rounds + 1):
+            # A random phase of the period, counted from when the nodes were last probed healthy.
+            delay = rng.uniform(0, period) if health else args.warmup
+            wait_until(lambda: False, max(args.warmup, delay - (time.monotonic() - t_ready)), 1.0)
+            t_inject = time.monotonic()
+            wall_inject = time.time()
+            for spec in broken:
+                mpool.inject(spec.name)
+            window = args.baseline_window if not health else args.detect_timeout or (period + 120)
+            log(f"round {number}: faults injected ({delay:.0f}s into the period); watching up to {window:.0f}s")
+            watcher.wait(lambda acc: all(acc.get(n.name) is False for n in must_refuse), window)
+            # Keep the faults a little longer: a job that still lands now is counted too.
+            time.sleep(args.hold)
+            t_repair = time.monotonic()
+            wall_repair = time.time()
+            refuse = {n.name: watcher.first(n.name, t_inject, False) for n in broken}
+            log(f"round {number}: refusing after " + ", ".join(
+                f"{n.name}={'never' if refuse[n.name] is None else f'{refuse[n.name]:.1f}s'}" for n in broken))
+            reasons = watcher.samples[-1][2] if watcher.samples else {}
+            for spec in broken:
+                mpool.repair(spec.name)
+            bring_back(pool, mpool, broken, health)
+            back = watcher.wait(lambda acc: all(acc.get(n.name) is True for n in nodes), args.recover_timeout)
+            t_ready = time.monotonic()
+            log(f"round {number}: every node accepting again: {back} ({t_ready - t_repair:.0f}s after repair)")
+            result["rounds"].append({"round": number, "phase_s": round(delay, 1), "wall_inject": wall_inject,
+                                     "wall_repair": wall_repair, "window_s": round(t_repair - t_inject, 1),
+                                     "refuse_s": {k: None if v is None else round(v, 1) for k, v in refuse.items()},
+                                     "reasons": {n.name: reasons.get(n.name, "") for n in broken},
+                                     "recovered": back, "load": os.getloadavg()})
+        stream.stop()
+        pool.enter("condor_rm", "-all", timeout=60, check=False)
+        events = job_events(pool)
+        summarize_rounds(result, mpool, broken, events)
+        pool.sh(f"cp /home/tester/stream.log /home/tester/stream.{config}.log")   # kept for a later look
+        result["jobs_submitted"] = stream.submitted
+        result["stream_errors"] = stream.errors
+        result["watcher_errors"] = watcher.errors
+        result["seconds"] = round(time.monotonic() - t_start, 1)
+        return result
+    finally:
+        if stream is not None:
+            stream.stop()
+        if watcher is not None:
+            watcher.stop()
+        mpool.stop()
+        log(f"=== {config}: pool stopped, mounts gone ({time.monotonic() - t_start:.0f}s)")
+
+
+def summarize_rounds(result: Dict[str, Any], mpool: MultiNodePool, broken: List[NodeSpec],
+                     events: Dict[str, List[Tuple[float, str, Dict[str, Any]]]]) -> None:
+    """Per faulty node: refuse latencies, and per round the jobs that landed between injection and
+    repair (claim activations in its StartLog) with what became of each."""
+    nodes: Dict[str, Any] = {}
+    for spec in broken:
+        acts = [(startlog_time(when), job) for when, job in activations(mpool, spec)]
+        per_round = []
+        for r in result["rounds"]:
+            landed = [(t, job) for t, job in acts if r["wall_inject"] - 1 <= t <= r["wall_repair"]]
+            outcomes = Counter(outcome(events.get(job, []), t, spec.name) for t, job in landed)
+            per_round.append({"landed": len({job for _, job in landed}), "attempts": len(landed),
+                              "outcomes": dict(outcomes)})
+        latencies = [r["refuse_s"][spec.name] for r in result["rounds"] if r["refuse_s"][spec.name] is not None]
+        nodes[spec.name] = {
+            "fault": spec.fault,
+            "refuse_s": [r["refuse_s"][spec.name] for r in result["rounds"]],
+            "p50_s": quantile(latencies, 0.5), "p95_s": quantile(latencies, 0.95),
+            "refused_rounds": len(latencies),
+            "rounds": per_round,
+            "landed_max": max((p["landed"] for p in per_round), default=0),
+            "outcomes": dict(sum((Counter(p["outcomes"]) for p in per_round), Counter())),
+        }
+    result["nodes"] = nodes
+
+
+def rounds_table(results: List[Dict[str, Any]], nodes: List[NodeSpec]) -> str:
+    """One row per fault; per configuration: refuse latency p50/p95 over the rounds, and the jobs that
+    landed per round (max) with what became of them (all rounds)."""
+    configs = [r["config"] for r in results]
+    lines = ["| fault | " + " | ".join(f"{c}: refuses after p50 / p95 | {c}: jobs landed per round (max) "
+                                        f"/ their end" for c in configs) + " |",
+             "|---|" + "---|" * (2 * len(configs))]
+    for spec in nodes:
+        if not spec.fault:
+            continue
+        row = [spec.fault + (" (harmless)" if spec.fault in HARMLESS else "")]
+        for r in results:
+            n = r["nodes"][spec.name]
+            rounds = len(r["rounds"])
+            if n["p50_s"] is None:
+                lat = f"never in {rounds} rounds" if spec.fault not in HARMLESS else f"never ({rounds} rounds): right"
+            else:
+                lat = f"{n['p50_s']:.0f} s / {n['p95_s']:.0f} s" + (
+                    f" ({n['refused_rounds']} of {rounds} rounds)" if n["refused_rounds"] < rounds else "")
+            landed = "/".join(str(p["landed"]) for p in n["rounds"])
+            ends = ", ".join(f"{v} {k}" for k, v in sorted(n["outcomes"].items())) or "none"
+            row += [lat, f"{landed} (max {n['landed_max']}) / {ends}"]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "| run | " + " | ".join(configs) + " |", "|---|" + "---|" * len(configs)]
+    lines.append("| rounds (injected at a random time within) | " + " | ".join(
+        f"{len(r['rounds'])}" + (f" ({r['phase_window_s']:.0f} s)" if r["phase_window_s"] else "") for r in results)
+        + " |")
+    lines.append("| jobs submitted (stream) | " + " | ".join(str(r.get("jobs_submitted", "?")) for r in results) + " |")
+    lines.append("| load average (1 min) during rounds | " + " | ".join(
+        "–".join(f"{x['load'][0]:.1f}" for x in r["rounds"]) for r in results) + " |")
+    lines.append("| wall time | " + " | ".join(f"{r.get('seconds', 0):.0f} s" for r in results) + " |")
+    lines += ["", "How each fault was injected:"]
+    lines += [f"- {spec.name} {spec.fault}: {FAULT_HOW[spec.fault]}" for spec in nodes if spec.fault]
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--configs", default="baseline,startd-health,startd-health-pinned")
-    parser.add_argument("--jobs", type=int, default=110, help="CPU jobs in the batch")
-    parser.add_argument("--gpu-jobs", type=int, default=10, help="GPU jobs in the batch")
-    parser.add_argument("--detect-timeout", type=float, default=60)
+    parser.add_argument("--mode", choices=("rounds", "batch"), default="rounds",
+                        help="rounds: several injections into a steady job stream (latency p50/p95, jobs landed "
+                             "per fault); batch: one injection, then a batch (and leftover processes)")
+    parser.add_argument("--configs", default="",
+                        help=f"comma-separated, of {', '.join(CONFIGS)} (default: baseline,default-periodic,daemon "
+                             "in rounds mode; baseline,startd-health,startd-health-pinned in batch mode)")
+    parser.add_argument("--jobs", type=int, default=110, help="batch: CPU jobs in the batch")
+    parser.add_argument("--gpu-jobs", type=int, default=10, help="batch: GPU jobs in the batch")
+    parser.add_argument("--detect-timeout", type=float, default=None,
+                        help="how long to wait for every faulty node to refuse (batch: 60 s; rounds: the phase "
+                             "window + 120 s)")
     parser.add_argument("--recover-timeout", type=float, default=90)
     parser.add_argument("--batch-timeout", type=float, default=300)
     parser.add_argument("--stuck-after", type=float, default=60,
                         help="a job running this long (they take ~2 s) counts as stuck: the batch is over "
                              "when only held and stuck jobs are left")
     parser.add_argument("--leftover-runs", type=int, default=10,
-                        help="keep the faults until every faulty node has had this many cron runs, counting "
+                        help="batch: keep the faults until every faulty node has had this many cron runs, counting "
                              "leftover processes after each (0: only as long as the batch takes)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds: injections per configuration")
+    parser.add_argument("--seed", type=int, default=14, help="rounds: seed of the random injection phases")
+    parser.add_argument("--backlog", type=int, default=8, help="rounds: CPU jobs kept idle in the queue")
+    parser.add_argument("--gpu-backlog", type=int, default=2, help="rounds: GPU jobs kept idle in the queue")
+    parser.add_argument("--hold", type=float, default=20,
+                        help="rounds: keep the faults this long after the last faulty node refused")
+    parser.add_argument("--baseline-window", type=float, default=90,
+                        help="rounds: how long the faults last without startd-health (nothing refuses)")
+    parser.add_argument("--warmup", type=float, default=20, help="rounds: at least this long between rounds")
+    parser.add_argument("--daemon-phase-window", type=float, default=300,
+                        help="rounds, daemon: injections at a random time within this many seconds (the container "
+                             "probe's default period: the launch-check interval)")
+    parser.add_argument("--sample-interval", type=float, default=None,
+                        help="how often the gates are sampled (batch: 2 s, rounds: 1 s)")
     parser.add_argument("--nodes", default="", help="only these nodes (comma-separated names), for a quick look")
     parser.add_argument("--json", default="", help="also write the results here")
     args = parser.parse_args()
     if os.geteuid() != 0:
         parser.error("needs root (unshare, mount, nsenter): see tests/realpool")
-    nodes = [n for n in NODES if not args.nodes or n.name in args.nodes.split(",")]
+    rounds = args.mode == "rounds"
+    configs = args.configs or ("baseline,default-periodic,daemon" if rounds else
+                               "baseline,startd-health,startd-health-pinned")
+    if args.sample_interval is None:
+        args.sample_interval = 1.0 if rounds else 2.0
+    if args.detect_timeout is None and not rounds:
+        args.detect_timeout = 60
+    nodes = [n for n in (NODES if rounds else BATCH_NODES) if not args.nodes or n.name in args.nodes.split(",")]
     results = []
-    for config in args.configs.split(","):
-        if config not in SNIPPETS:
-            parser.error(f"unknown configuration {config!r} (known: {', '.join(SNIPPETS)})")
-        results.append(run_config(config, args, nodes))
+    for config in configs.split(","):
+        if config not in CONFIGS:
+            parser.error(f"unknown configuration {config!r} (known: {', '.join(CONFIGS)})")
+        results.append(run_rounds(config, args, nodes) if rounds else run_config(config, args, nodes))
         if args.json:
             with open(args.json, "w") as handle:
                 json.dump(results, handle, indent=1, default=str)
-    print(table(results, nodes))
+        if rounds:   # each configuration's table as soon as it is done (a long run)
+            print(rounds_table(results[-1:], nodes), flush=True)
+    print(rounds_table(results, nodes) if rounds else table(results, nodes))
     return 0
 
 

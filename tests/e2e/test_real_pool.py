@@ -278,7 +278,8 @@ def test_pre_job_hook_holds_a_job_whose_image_does_not_launch(pool):
     assert code == "19", reason
     # The container universe transfers the image: the job ad names it relative to the scratch dir.
     assert "PREPARE_JOB (startd-health) failed (exited with status 1)" in reason
-    assert "startd-health: the job's image broken.sif does not launch on this node" in reason
+    # The hook's cheap re-check reads the SIF header: a truncated copy is held before any launch.
+    assert "startd-health: the job's image broken.sif is not usable by the job's user: truncated SIF image" in reason
     pool.enter("condor_rm", str(bad))
 
 

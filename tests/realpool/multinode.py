@@ -47,6 +47,23 @@ userns_refused            the runtime runs under a seccomp filter that makes the
 gpu_nv_broken             SIMULATED (no GPU here): the node's nvidia-smi still lists its
                           GPU, but every ``--nv`` launch fails as when the container
                           side of the driver (libnvidia-container) is broken
+execute_readonly          the node's EXECUTE (a tmpfs of its own) gets a read-only bind
+                          mount stacked on it, as after a filesystem was remounted
+                          read-only on errors (real)
+execute_full              the node's EXECUTE (a tmpfs of its own) filled to the last
+                          byte (real ENOSPC)
+execute_nearly_full       EXECUTE filled up to 1.5 MiB left, and Apptainer for that node
+                          without squashfuse (its apptainer.conf ``binary path`` hides
+                          squashfuse*): a SIF is then extracted into the job's scratch
+                          directory, where it does not fit (real)
+extra_args_bind_missing   the node's SINGULARITY_EXTRA_ARGUMENTS bind a host directory
+                          (``-B /opt/site/data:/site-data``) that is renamed away (real)
+image_unreadable_by_jobs  the node's site image becomes root:condor 0640: readable by
+                          the condor user, not by job users (real)
+tmp_full                  HARMLESS: the node's /tmp (a tmpfs of its own, with
+                          /tmp/condor bound back into it) filled to the last byte;
+                          jobs do not use it (the starter gives them scratch on
+                          EXECUTE), so the node must keep accepting jobs
 ========================  ===========================================================
 
 Everything is undone by stop(): the pool is stopped, every FUSE mount
@@ -87,7 +104,17 @@ NODE_CONF = "/etc/condor/config.d/10-node.conf"
 CORRUPT_BYTES = 64 * 1024
 
 FAULTS = ("image_missing", "image_corrupt", "cvmfs_missing", "cvmfs_hung", "runtime_hang", "runtime_absent",
-          "userns_refused", "gpu_nv_broken")
+          "userns_refused", "gpu_nv_broken", "execute_readonly", "execute_full", "execute_nearly_full",
+          "extra_args_bind_missing", "image_unreadable_by_jobs", "tmp_full")
+# Faults that must NOT close the node: jobs keep running there.
+HARMLESS = ("tmp_full",)
+# Faults on the node's own EXECUTE, which is then a tmpfs of its own (in its namespace).
+EXECUTE_FAULTS = ("execute_readonly", "execute_full", "execute_nearly_full")
+EXECUTE_TMPFS_MB = 128
+TMP_TMPFS_MB = 32
+NEARLY_FULL_BYTES = 1536 * 1024
+SITE_DATA = SITE + "/data"                # what extra_args_bind_missing binds
+EXTRA_ARGUMENTS = f"-B {SITE_DATA}:/site-data"
 
 FAULT_HOW = {
     "image_missing": "real: the node's site.sif renamed away",
@@ -98,6 +125,13 @@ FAULT_HOW = {
     "runtime_absent": "real: HTCondor's SINGULARITY (the node's runtime wrapper) renamed away",
     "userns_refused": "real kernel refusal (seccomp: CLONE_NEWUSER -> EPERM) for the runtime only",
     "gpu_nv_broken": "SIMULATED (no GPU): nvidia-smi on the node still works, every --nv launch exits 255",
+    "execute_readonly": "real: a read-only bind mount stacked on the node's EXECUTE",
+    "execute_full": "real: the node's EXECUTE (its own tmpfs) filled to the last byte",
+    "execute_nearly_full": "real: EXECUTE filled to 1.5 MiB left, and the node's Apptainer without squashfuse "
+                           "(apptainer.conf binary path): SIF images are extracted into the job's scratch",
+    "extra_args_bind_missing": f"real: SINGULARITY_EXTRA_ARGUMENTS = {EXTRA_ARGUMENTS}, {SITE_DATA} renamed away",
+    "image_unreadable_by_jobs": "real: the site image made root:condor 0640 (condor reads it, job users cannot)",
+    "tmp_full": "real: the node's /tmp (its own tmpfs) filled to the last byte; HARMLESS: jobs must keep running",
 }
 
 NODE_MARK = "FAULT_EXPERIMENT_NODE"     # environment variable naming the node in all its processes
@@ -118,6 +152,15 @@ D=$1; shift
 mount --bind "$D/node.conf" {NODE_CONF}
 mount --bind "$D/site" {SITE}
 if [ -d "$D/pci" ]; then mount --bind "$D/pci" /sys/bus/pci/devices; fi
+if [ -e "$D/execute-tmpfs" ]; then   # a small EXECUTE of its own, that faults can fill or make read-only
+  E=$(cat "$D/execute-tmpfs")
+  mount -t tmpfs -o size={EXECUTE_TMPFS_MB}m,mode=0755 tmpfs "$E" && chown condor:condor "$E"
+fi
+if [ -e "$D/tmp-tmpfs" ]; then       # a small /tmp of its own, with /tmp/condor bound back into it
+  mkdir -p "$D/tmp-keep" && mount --bind /tmp/condor "$D/tmp-keep"
+  mount -t tmpfs -o size={TMP_TMPFS_MB}m,mode=1777 tmpfs /tmp
+  mkdir /tmp/condor && mount --bind "$D/tmp-keep" /tmp/condor
+fi
 if [ ! -e "$D/cvmfs-missing" ]; then
   squashfuse -o allow_other,fsname=cvmfs2 {REPO_SQFS} /cvmfs/{REPO}
 fi
@@ -290,6 +333,19 @@ class MultiNodePool:
             os.makedirs(self.host(f"{site}/{sub}"), exist_ok=True)
         shutil.copyfile(self.host(PRISTINE_IMAGE), self.host(f"{site}/images/site.sif"))
         os.chmod(self.host(f"{site}/images/site.sif"), 0o644)
+        os.makedirs(self.host(f"{site}/data"), exist_ok=True)   # SITE_DATA, bound by SINGULARITY_EXTRA_ARGUMENTS
+        if node.fault in EXECUTE_FAULTS:
+            self.pool.write(f"{d}/execute-tmpfs", self.execute_dir(node.name))
+        if node.fault == "tmp_full":
+            self.pool.write(f"{d}/tmp-tmpfs", "")
+        if node.fault == "execute_nearly_full":
+            # The node's Apptainer configuration without squashfuse: its binary path
+            # is a directory of links to everything in /usr/bin but squashfuse*.
+            self.pool.sh(f"mkdir -p {d}/nosquash-bin && cd {d}/nosquash-bin && for f in /usr/bin/*; do "
+                         f"case ${{f##*/}} in squashfuse*) ;; *) ln -sf \"$f\" . ;; esac; done && "
+                         f"sed 's|^# binary path = $|binary path = {d}/nosquash-bin:/usr/sbin|' "
+                         f"/etc/apptainer/apptainer.conf > {d}/apptainer-nosquash.conf && "
+                         f"grep -q '^binary path = {d}/nosquash-bin' {d}/apptainer-nosquash.conf")
         self.pool.write(f"{site}/bin/apptainer", RUNTIME_WRAPPER, 0o755)
         if node.gpus:
             self.pool.write(f"{site}/nvidia/bin/nvidia-smi", nvidia_smi_sim(node.gpus), 0o755)
@@ -309,7 +365,7 @@ class MultiNodePool:
             f"STARTD_NAME = {n}",
             f"STARTER_LOG = $(LOG)/StarterLog.{n}",
             f"STARTD_HISTORY = $(LOG)/startd_history.{n}",
-            f"EXECUTE = /var/lib/condor/execute/{n}",
+            f"EXECUTE = {self.execute_dir(n)}",
             f"NUM_CPUS = {node.cpus}",
             f"MEMORY = {node.memory_mb}",
             f"STARTD_HEALTH_STATE_DIR = $(SPOOL)/startd_health.{n}",
@@ -322,7 +378,13 @@ class MultiNodePool:
                       f"STARTD_HEALTH_GPU_NVIDIA_SMI = {NVIDIA_SMI}"]
         if node.gpu_only:
             lines.append("START = (TARGET.RequestGPUs ?: 0) >= 1")
+        if node.fault == "extra_args_bind_missing":
+            lines.append(f"SINGULARITY_EXTRA_ARGUMENTS = {EXTRA_ARGUMENTS}")
         return "\n".join(lines) + "\n"
+
+    @staticmethod
+    def execute_dir(name: str) -> str:
+        return f"/var/lib/condor/execute/{name}"
 
     def pool_config(self) -> str:
         """Pool-level configuration (goes into 99-test.conf, with whatever the caller adds)."""
@@ -450,6 +512,22 @@ class MultiNodePool:
             self.hung[name] = self._serve_hung(name)
         elif fault == "runtime_absent":
             os.rename(f"{site}/bin/apptainer", f"{site}/bin/apptainer.off")
+        elif fault == "execute_readonly":
+            e = self.execute_dir(name)
+            self.nsenter(name, f"mount --bind {e} {e} && mount -o remount,bind,ro {e}")
+        elif fault in ("execute_full", "tmp_full"):
+            target = self.execute_dir(name) if fault == "execute_full" else "/tmp"
+            self.nsenter(name, f"dd if=/dev/zero of={target}/.fill bs=1M 2>/dev/null; "
+                               f"head -c 1000000 /dev/zero >> {target}/.fill 2>/dev/null; true")
+        elif fault == "execute_nearly_full":
+            e = self.execute_dir(name)
+            self.nsenter(name, f"avail=$(df -B1 --output=avail {e} | tail -1); "
+                               f"head -c $((avail - {NEARLY_FULL_BYTES})) /dev/zero > {e}/.fill; "
+                               f"mount --bind {d}/apptainer-nosquash.conf /etc/apptainer/apptainer.conf")
+        elif fault == "extra_args_bind_missing":
+            os.rename(f"{site}/data", f"{site}/data.off")
+        elif fault == "image_unreadable_by_jobs":
+            self.pool.sh(f"chown root:condor {d}/site/images/site.sif && chmod 0640 {d}/site/images/site.sif")
         else:   # runtime_hang, userns_refused, gpu_nv_broken: a flag the wrappers read
             self.pool.write(f"{d}/site/fault/{fault}", "")
         self.injected[name] = True
@@ -477,6 +555,21 @@ class MultiNodePool:
                     self.nsenter(name, f"squashfuse -o allow_other,fsname=cvmfs2 {REPO_SQFS} /cvmfs/{REPO}")
             elif fault == "runtime_absent":
                 os.rename(f"{site}/bin/apptainer.off", f"{site}/bin/apptainer")
+            elif fault == "execute_readonly":
+                if self.startd_pid(name) is not None:
+                    self.nsenter(name, f"umount {self.execute_dir(name)}")
+            elif fault in ("execute_full", "tmp_full"):
+                if self.startd_pid(name) is not None:
+                    target = self.execute_dir(name) if fault == "execute_full" else "/tmp"
+                    self.nsenter(name, f"rm -f {target}/.fill")
+            elif fault == "execute_nearly_full":
+                if self.startd_pid(name) is not None:
+                    self.nsenter(name, f"rm -f {self.execute_dir(name)}/.fill; "
+                                       f"umount /etc/apptainer/apptainer.conf")
+            elif fault == "extra_args_bind_missing":
+                os.rename(f"{site}/data.off", f"{site}/data")
+            elif fault == "image_unreadable_by_jobs":
+                self.pool.sh(f"chown root:root {d}/site/images/site.sif && chmod 0644 {d}/site/images/site.sif")
             else:
                 os.unlink(f"{site}/fault/{fault}")
         except (OSError, RuntimeError):

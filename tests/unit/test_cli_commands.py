@@ -70,8 +70,8 @@ def test_the_pool_constraint_without_classad2_does_not_break_cron(cli_env):
      {"--deadline", "--textfile-dir", "--pool-listen", "--benchmarks-run"}),
     ("pool-exporter", {"--pool-collectors", "--pool-constraint", "--exporter-tls-key"},
      {"--probes", "--container-images", "--exporter-listen", "--state-dir"}),
-    ("hook", {"--hook-timeout", "--state-dir", "--container-images", "--container-period"},
-     {"--pool-constraint", "--cvmfs-repositories", "--probes", "--deadline"}),
+    ("hook", {"--hook-timeout", "--state-dir", "--container-images", "--container-period", "--cvmfs-repositories"},
+     {"--pool-constraint", "--cvmfs-repo-timeout", "--probes", "--deadline"}),
     ("benchmark", {"--state-dir", "--benchmarks-run", "--benchmarks-period"}, {"--container-images", "--probes"}),
 ])
 def test_each_command_lists_only_the_knobs_it_reads(cli_env, command, present, absent):

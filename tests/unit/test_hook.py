@@ -159,10 +159,12 @@ def test_the_real_hook_holds_a_job_whose_own_image_does_not_launch(tmp_path, cli
     runtime.write_text("#!/bin/sh\necho 'FATAL:   container creation failed: image driver mount failure' >&2\n"
                        "exit 255\n")
     runtime.chmod(0o755)
+    image = tmp_path / "broken.sif"
+    image.write_bytes(b"not a SIF")   # there and readable: the cheap re-checks pass, the launch fails
     proc = subprocess.run([sys.executable, "-m", "startd_health", "hook", "prepare-job", "--no-condor-config",
                            "--state-dir", str(tmp_path / "state"), "--container-runtime", str(runtime)],
-                          input='SingularityImage = "/home/u/broken.sif"\n', env=cli_env,
+                          input=f'SingularityImage = "{image}"\n', env=cli_env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == EXIT_HOLD, (proc.stdout, proc.stderr)
-    assert "the job's image /home/u/broken.sif does not launch on this node" in proc.stdout
+    assert f"the job's image {image} does not launch on this node" in proc.stdout
     assert "HookStatusCode" not in proc.stdout

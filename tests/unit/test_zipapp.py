@@ -39,7 +39,7 @@ def test_hook_reads_the_job_ad_without_the_bindings(pyz, tmp_path):
     one the hook cannot read starts the job with a message saying it was not checked."""
     proc = hook(pyz, 'SingularityImage = "/nonexistent/el9.sif"\n', env={"PATH": "/nonexistent"})
     assert proc.returncode == 0, proc   # no runtime on PATH here: a node fault, requeued, not held
-    assert "HookStatusCode = 300" in proc.stdout and "cannot launch containers now: no apptainer" in proc.stdout
+    assert "HookStatusCode = 300" in proc.stdout and "runtime apptainer|singularity is not usable" in proc.stdout
     for text, why in (('SingularityImage = strcat("/a", "b")\n', "not evaluated without the HTCondor bindings"),
                       ("", "no job ad on stdin")):
         proc = hook(pyz, text)

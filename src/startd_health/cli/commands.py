@@ -38,7 +38,8 @@ COMMANDS = (
             "pool_exporter", ("pool", "EXPORTER_TLS_CERT", "EXPORTER_TLS_KEY"),
             needs=("htcondor2", "prometheus_client", "apscheduler")),
     Command("hook", "HTCondor job hook: `hook prepare-job` checks the job's container image before it starts",
-            "hook", ("STATE_DIR", "hook", "container"), "prepare-job [options]"),
+            "hook", ("STATE_DIR", "hook", "container", "CVMFS_REPOSITORIES", "CVMFS_ROOT", "EXECUTE_FULL_MB",
+                     "EXECUTE_LOW_MB", "EXECUTE_FULL_INODES", "EXECUTE_LOW_INODES"), "prepare-job [options]"),
     Command("inside-script", "print the inside-the-image checks as a sh script a job can run in its own "
             "container", "inside_script", ("CONTAINER_BINDS", "CVMFS_REPOSITORIES", "CVMFS_ROOT")),
     Command("config", "print the effective configuration and where each value came from (all knobs, or "
