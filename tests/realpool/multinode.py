@@ -442,9 +442,10 @@ class MultiNodePool:
                     pass
         return found
 
-    def fuse_servers(self, namespaces: Iterable[str]) -> List[int]:
-        """pids of the squashfuse servers of our simulated repository in these mount namespaces."""
-        wanted, found = set(namespaces), []
+    @staticmethod
+    def processes_in(namespaces: Iterable[str]) -> Dict[int, List[bytes]]:
+        """pid -> argv of every process in these mount namespaces."""
+        wanted, found = set(namespaces), {}
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
@@ -452,12 +453,15 @@ class MultiNodePool:
                 if os.readlink(f"/proc/{entry}/ns/mnt") not in wanted:
                     continue
                 with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                    argv = handle.read().split(b"\0")
+                    found[int(entry)] = handle.read().split(b"\0")
             except OSError:
                 continue
-            if argv and os.path.basename(argv[0]) == b"squashfuse" and REPO_SQFS.encode() in argv:
-                found.append(int(entry))
         return found
+
+    def fuse_servers(self, namespaces: Iterable[str]) -> List[int]:
+        """pids of the squashfuse servers of our simulated repository in these mount namespaces."""
+        return [pid for pid, argv in self.processes_in(namespaces).items()
+                if argv and os.path.basename(argv[0]) == b"squashfuse" and REPO_SQFS.encode() in argv]
 
     def stop(self) -> None:
         """Stop the pool and unmount every FUSE mount of ours. Safe to call twice."""
@@ -473,6 +477,15 @@ class MultiNodePool:
             for line in self.leftover_processes(node.name):
                 try:
                     os.kill(int(line.split()[0]), signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        # A starter whose startd went first lives on in the node's namespace
+        # (seen: condor_starter processes orphaned to init after a run): they
+        # go too, but not the FUSE servers, which end with their mounts.
+        for pid, argv in self.processes_in(self.namespaces.values()).items():
+            if argv and os.path.basename(argv[0]) != b"squashfuse" and pid != os.getpid():
+                try:
+                    os.kill(pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
         # A FUSE server whose mount was detached exits by itself; any other
