@@ -269,3 +269,56 @@ def test_judge_a_missing_bind_source_is_a_site_fault():
     found = judge_recheck("", "", [], "/cvmfs", [{"kind": "e", "path": "/opt/site/data", "ok": False,
                                                   "error": "No such file or directory"}], [], 5, {}, "")
     assert found.node_fault and "SINGULARITY_EXTRA_ARGUMENTS binds /opt/site/data" in found.message
+
+
+# ---------------------------------------------------------------- jobs that ask for a platform (55 snippet)
+
+PLATFORM_EXPR = 'ifThenElse(isString(TARGET.REQUIRED_OS), eval(strcat("MY.StartdHealthContainerImage_", "rhel9")), ' \
+                'SingularityImage)'
+
+
+def test_the_image_a_platform_job_gets_is_the_one_the_snippet_picks():
+    from startd_health.monitor.hook import platform_image
+
+    from .helpers import FakeCondor
+    cached = ProbeResult("container", Status.OK, "", {"image_by_platform": ("rhel9=/img/el9.sif",
+                                                                            "debian13=/img/trixie.sif",
+                                                                            "default=/img/trixie.sif")})
+    snippet = FakeCondor(SINGULARITY_IMAGE_EXPR=PLATFORM_EXPR)
+    assert platform_image({"REQUIRED_OS": "rhel9"}, cached, snippet) == "/img/el9.sif"
+    assert platform_image({"REQUIRED_OS": "RHEL8, debian13"}, cached, snippet) == "/img/trixie.sif"
+    assert platform_image({"REQUIRED_OS": "any"}, cached, snippet) == "/img/trixie.sif"
+    assert platform_image({"REQUIRED_OS": "rhel7"}, cached, snippet) == ""           # START keeps it off
+    assert platform_image({}, cached, snippet) == ""
+    # Without the snippet a REQUIRED_OS job runs without a container: nothing to check.
+    assert platform_image({"REQUIRED_OS": "rhel9"}, cached, FakeCondor(SINGULARITY_IMAGE_EXPR="SingularityImage")) == ""
+    assert platform_image({"REQUIRED_OS": "rhel9"}, cached, None) == ""
+
+
+@pytest.mark.bindings
+def test_a_platform_jobs_image_gone_requeues_through_the_real_cli(node):
+    """The real hook, HTCondor's configuration read from a file (the 55
+    snippet's SINGULARITY_IMAGE_EXPR), a job ad with REQUIRED_OS only."""
+    pytest.importorskip("htcondor2")
+    saved = StateDir(str(node["state"]))
+    saved.save(ProbeResult("container", Status.OK, "", {"images_ok": ("el9",), "platforms": ("rhel9",),
+                                                        "image_by_platform": (f"rhel9={node['image']}",)},
+                           started_at=time.time() - 5, duration_seconds=1))
+    config = node["tmp"] / "condor_config"
+    config.write_text(f"SINGULARITY_IMAGE_EXPR = {PLATFORM_EXPR}\n")
+    argv = [sys.executable, "-m", "startd_health", "hook", "prepare-job",
+            "--state-dir", str(node["state"]), "--container-runtime", str(node["runtime"]),
+            "--container-images", f"el9={node['image']}", "--cvmfs-root", str(node["cvmfs"])]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("_CONDOR_", "CONDOR_CONFIG"))}
+    env["CONDOR_CONFIG"] = str(config)
+
+    def run():
+        return subprocess.run(argv, input='REQUIRED_OS = "rhel9"\n', env=env, capture_output=True, text=True,
+                              timeout=60)
+    proc = run()
+    assert proc.returncode == EXIT_ACCEPT and "image el9 launches (periodic test" in proc.stdout, \
+        proc.stdout + proc.stderr
+    node["image"].rename(str(node["image"]) + ".off")
+    proc = run()
+    assert requeued(proc) and f"site image el9 ({node['image']})" in proc.stdout, proc.stdout + proc.stderr
+    assert not node["calls"].exists()

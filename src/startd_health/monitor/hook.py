@@ -97,8 +97,32 @@ def job_image(job_ad: Mapping[str, Any]) -> Tuple[str, str]:
     return "", ""
 
 
+PLATFORM_IMAGE_ATTRIBUTE = "StartdHealthContainerImage_"   # what 55-startd-health-platforms.conf looks up
+
+
+def platform_image(job_ad: Mapping[str, Any], cached: Optional[Any], condor: Any) -> str:
+    """The image 55-startd-health-platforms.conf's SINGULARITY_IMAGE_EXPR gives
+    a job that asks for a platform (REQUIRED_OS) and names no image, picked
+    as the snippet picks it (the first of up to four platforms, in the job's
+    order, with a healthy image; "any": the default image) from the container
+    probe's last result; '' when the snippet is not in use or nothing fits."""
+    import re
+
+    expr = condor.get("SINGULARITY_IMAGE_EXPR") if condor is not None else None
+    wanted = job_ad.get("REQUIRED_OS")
+    if not (isinstance(expr, str) and PLATFORM_IMAGE_ATTRIBUTE in expr) or not isinstance(wanted, str) \
+            or cached is None:
+        return ""
+    by_platform = dict(e.split("=", 1) for e in cached.facts.get("image_by_platform", ()) if "=" in e)
+    for name in [w for w in re.split(r"[, ]+", wanted.lower()) if w][:4]:   # as ClassAd split(s, ", ")
+        path = by_platform.get("default" if name == "any" else name)
+        if path:
+            return path
+    return ""
+
+
 def read_job_ad(text: str) -> Mapping[str, Any]:
-    return read_attributes(text, IMAGE_ATTRIBUTES)
+    return read_attributes(text, IMAGE_ATTRIBUTES + ("REQUIRED_OS",))
 
 
 def not_checked(why: str) -> Decision:
@@ -301,7 +325,8 @@ def prepare_job(config: Any, stdin_text: str) -> Decision:
 
     if not stdin_text.strip():
         return not_checked("no job ad on stdin nor in $_CONDOR_JOB_AD")
-    image, unreadable = job_image(read_job_ad(stdin_text))
+    job_ad = read_job_ad(stdin_text)
+    image, unreadable = job_image(job_ad)
     if unreadable:
         return not_checked(unreadable)
     prefix = "CONTAINER_"
@@ -315,6 +340,10 @@ def prepare_job(config: Any, stdin_text: str) -> Decision:
     # guard reads there which CVMFS repositories the cvmfs probe found hung.
     ctx = BudgetedContext("container", settings, deadline, config.condor, scratch_root=state.probes_dir)
 
+    if not image:
+        # A job that asks for a platform gets its image from the starter
+        # (the 55 snippet): the same image is checked here.
+        image = platform_image(job_ad, cached, config.condor)
     if not image:
         return Decision(True, "no container image in the job: nothing to check")
     thresholds = Thresholds(config["EXECUTE_FULL_MB"] * MIB, config["EXECUTE_LOW_MB"] * MIB,
