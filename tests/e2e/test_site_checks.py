@@ -71,27 +71,18 @@ def pool(request):
             os.unlink(pool.path(FLAG))
 
 
-def slot_with(pool, timeout, *attrs, **expect):
-    def check():
-        for ad in pool.slots(*attrs, *expect):
-            if all(ad.get(k) == v for k, v in expect.items()):
-                return ad
-        return None
-    return pool.wait_for(check, timeout, f"slot ad with {expect}")
-
-
 def test_a_failing_site_check_refuses_new_jobs_and_fixing_it_lets_them_in(pool):
     t0 = time.monotonic()
-    ad = slot_with(pool, 60, "StartdHealthSiteNodeReason", "StartdHealthSiteNodePerfdata_checks",
-                   "StartdHealthSitePluginReason", StartdHealthOk=True, StartdHealthSiteNodeOk=True,
-                   StartdHealthSitePluginOk=True)
+    ad = pool.slot_where("StartdHealthSiteNodeReason", "StartdHealthSiteNodePerfdata_checks",
+                         "StartdHealthSitePluginReason", timeout=60, StartdHealthOk=True, StartdHealthSiteNodeOk=True,
+                         StartdHealthSitePluginOk=True)
     assert ad["StartdHealthSiteNodeReason"] == "OK: 3 checks passed" and ad["StartdHealthSiteNodePerfdata_checks"] == 3
     assert ad["StartdHealthSitePluginReason"] == "OK: copied-in plugin runs"
 
     pool.write(FLAG, "disk replacement, ticket 4711\n")   # the admin drains the node
     t_fault = time.monotonic()
-    ad = slot_with(pool, 45, "StartdHealthFailedProbes", "StartdHealthReason", "StartdHealthSiteNodeState",
-                   StartdHealthOk=False)
+    ad = pool.slot_where("StartdHealthFailedProbes", "StartdHealthReason", "StartdHealthSiteNodeState", timeout=45,
+                         StartdHealthOk=False)
     t_refusing = time.monotonic() - t_fault
     assert ad["StartdHealthFailedProbes"] == ["site_node"] and ad["StartdHealthSiteNodeState"] == "CRITICAL"
     assert ad["StartdHealthReason"] == f"site_node: CRITICAL: {FLAG} exists: disk replacement, ticket 4711"
@@ -106,7 +97,7 @@ def test_a_failing_site_check_refuses_new_jobs_and_fixing_it_lets_them_in(pool):
 
     os.unlink(pool.path(FLAG))   # fixed
     t_fix = time.monotonic()
-    slot_with(pool, 45, StartdHealthOk=True, StartdHealthSiteNodeOk=True)
+    pool.slot_where(timeout=45, StartdHealthOk=True, StartdHealthSiteNodeOk=True)
     pool.wait_for(lambda: pool.job_status(job) == 4, 60, f"job {job} to run once the check passes")
     print(f"[{pool.variant}] flag -> refusing in {t_refusing:.1f}s; fixed -> queued job done in "
           f"{time.monotonic() - t_fix:.1f}s; whole test {time.monotonic() - t0:.1f}s")

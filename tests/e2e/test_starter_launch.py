@@ -20,7 +20,7 @@ from .conftest import ENTRY_POINTS, started_pool
 pytestmark = pytest.mark.e2e
 
 EXECUTE = "/var/lib/condor/execute"
-CONF = f"""\
+CONF = """\
 STARTD_HEALTH_CRON_PERIOD = 5
 STARTD_HEALTH_PROBES = container execute
 STARTD_HEALTH_CONTAINER_REQUIREMENT = REQUIRED
@@ -72,15 +72,6 @@ def in_pool(pool, script, check=True):
     return proc
 
 
-def slot(pool, *attrs, timeout=60, **expect):
-    def check():
-        for ad in pool.slots(*attrs, *expect):
-            if all(ad.get(k) == v for k, v in expect.items()):
-                return ad
-        return None
-    return pool.wait_for(check, timeout, f"slot ad with {expect}")
-
-
 def normalised(command_line):
     """Tokens up to the image, the slot directory's name made generic."""
     tokens = SLOT_DIR.sub("<slot>", command_line).split()
@@ -89,7 +80,7 @@ def normalised(command_line):
 
 def test_probe_launch_equals_the_starters_and_execute_faults_refuse_jobs(pool):
     t0 = time.monotonic()
-    ad = slot(pool, "StartdHealthContainerLaunchArgv", "StartdHealthContainerSifMode", "StartdHealthExecuteDirs",
+    ad = pool.slot_where("StartdHealthContainerLaunchArgv", "StartdHealthContainerSifMode", "StartdHealthExecuteDirs",
               "StartdHealthContainerJobUser", StartdHealthOk=True, StartdHealthContainerLaunch="starter")
     assert ad["StartdHealthExecuteDirs"] == [EXECUTE]
     assert ad["StartdHealthContainerJobUser"] == "nobody"
@@ -113,18 +104,18 @@ def test_probe_launch_equals_the_starters_and_execute_faults_refuse_jobs(pool):
     pool.write("/etc/condor/config.d/99-test.conf", ENTRY_POINTS + CONF + "SINGULARITY_EXTRA_ARGUMENTS = --bind /gone:/data\n")
     pool.reconfig()
     try:
-        ad = slot(pool, "StartdHealthContainerReason", timeout=30, StartdHealthOk=False)
+        ad = pool.slot_where("StartdHealthContainerReason", timeout=30, StartdHealthOk=False)
         assert "launch with SINGULARITY_EXTRA_ARGUMENTS --bind /gone:/data: " in ad["StartdHealthContainerReason"]
         assert "/gone" in ad["StartdHealthContainerReason"].split(": ", 3)[-1]   # the runtime's own complaint
     finally:
         pool.write("/etc/condor/config.d/99-test.conf", ENTRY_POINTS + CONF)
         pool.reconfig()
-    slot(pool, timeout=30, StartdHealthOk=True)
+    pool.slot_where(timeout=30, StartdHealthOk=True)
 
     # EXECUTE remounted read-only (a filesystem after errors): refused, naming it.
     in_pool(pool, f"mount -o remount,ro {EXECUTE}")
     try:
-        ad = slot(pool, "StartdHealthExecuteReason", "StartdHealthContainerReason", "StartdHealthExecuteDirsFailed",
+        ad = pool.slot_where("StartdHealthExecuteReason", "StartdHealthContainerReason", "StartdHealthExecuteDirsFailed",
                   timeout=30, StartdHealthOk=False)
         assert ad["StartdHealthExecuteDirsFailed"] == [EXECUTE]
         assert f"{EXECUTE} (EXECUTE) is on a read-only filesystem" in ad["StartdHealthExecuteReason"]
@@ -136,7 +127,7 @@ def test_probe_launch_equals_the_starters_and_execute_faults_refuse_jobs(pool):
         assert pool.job_status(queued) == 1, "a job started on a read-only EXECUTE"
     finally:
         in_pool(pool, f"mount -o remount,rw {EXECUTE}")
-    slot(pool, timeout=30, StartdHealthOk=True)
+    pool.slot_where(timeout=30, StartdHealthOk=True)
     pool.wait_for(lambda: pool.job_status(queued) == 4, 60, f"job {queued}, queued during the fault, to run")
 
     # /tmp full: jobs never use it (the starter gives the runtime a scratch
@@ -146,11 +137,11 @@ def test_probe_launch_equals_the_starters_and_execute_faults_refuse_jobs(pool):
                   "mount --bind /run/keep-condor /tmp/condor && "
                   "(head -c 1m /dev/zero > /tmp/filler 2>/dev/null || true)")
     try:
-        before = slot(pool, "StartdHealthTimestamp", StartdHealthOk=True)["StartdHealthTimestamp"]
+        before = pool.slot_where("StartdHealthTimestamp", StartdHealthOk=True)["StartdHealthTimestamp"]
         # Two more verdicts, each with a fresh launch (CONTAINER_PERIOD = 1), still healthy.
-        pool.wait_for(lambda: (slot(pool, "StartdHealthTimestamp", StartdHealthOk=True)["StartdHealthTimestamp"]
+        pool.wait_for(lambda: (pool.slot_where("StartdHealthTimestamp", StartdHealthOk=True)["StartdHealthTimestamp"]
                                >= before + 10), 40, "two more healthy verdicts with /tmp full")
-        ad = slot(pool, "StartdHealthContainerStatus", StartdHealthOk=True)
+        ad = pool.slot_where("StartdHealthContainerStatus", StartdHealthOk=True)
         assert ad["StartdHealthContainerStatus"] == "ok"
         during = pool.submit(JOB)
         pool.wait_for(lambda: pool.job_status(during) == 4, 60, f"job {during} to run with /tmp full")

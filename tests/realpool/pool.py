@@ -172,6 +172,15 @@ class RealPool(RootFs):
         out = self.enter(*argv, timeout=30).stdout
         return json.loads(out) if out.strip() else []
 
+    def slot_where(self, *attrs: str, timeout: float = 60, **expect: Any) -> Dict[str, Any]:
+        """The first slot ad (with these attributes) whose values equal `expect`, waited for."""
+        def check() -> Optional[Dict[str, Any]]:
+            for ad in self.slots(*attrs, *expect):
+                if all(ad.get(k) == v for k, v in expect.items()):
+                    return ad
+            return None
+        return self.wait_for(check, timeout, f"slot ad with {expect}")
+
     def slot_ad_text(self) -> str:
         return self.enter("condor_status", "-long", timeout=30).stdout
 
