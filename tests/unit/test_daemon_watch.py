@@ -157,3 +157,32 @@ def test_a_regular_file_as_kernel_log_is_not_polled(tmp_path):
     log.write_text("2,1,1,-;EXT4-fs (sdb1): Remounting filesystem read-only\n")
     w = Watcher(kernel_log=("kernel", str(log)))
     assert w.kmsg_fd() is None and w.kmsg_drain() == set()
+
+
+def test_htcondors_own_container_test_failing_fires_the_container_probe(tmp_path):
+    """HTCondor's StarterLog lines: the first recorded from a real 25.14.1
+    starter (the fault experiment's node3, a site image whose launch fails),
+    the other as singularity.cpp's runTest prints it. The container test
+    before a job failed, so a launch-only fault has just sent a job back."""
+    log = tmp_path / "StarterLog.slot1_1"
+    log.write_bytes(b"12/03/26 23:10:01 (pid:4242) Running job as user tester\n")
+    w = Watcher(starter_logs=("container", str(tmp_path)))
+    assert not w.empty and w.periodic
+    w.poll()   # the baseline: what was logged before is not news
+    assert w.poll(False) == set()
+    with open(log, "ab") as handle:
+        handle.write(b"12/03/26 23:10:02 (pid:4243) singularity test returns 255\n")
+    assert w.poll(False) == set()
+    with open(log, "ab") as handle:
+        handle.write(b"12/03/26 23:32:17 (pid:14242) Non zero return code 65280 from singularity test of "
+                     b"/opt/site/bin/apptainer -s -q test -S /tmp -S /var/tmp -W /var/lib/condor/execute/node3/"
+                     b"dir_14242/scratch --pwd /var/lib/condor/execute/node3/dir_14242/scratch -B /var/lib/condor/"
+                     b"execute/node3/dir_14242 -B /cvmfs --home /var/lib/condor/execute/node3/dir_14242/scratch "
+                     b"-C /opt/site/images/site.sif\n")
+    assert w.poll(False) == {"container"}
+    assert w.poll(False) == set()    # read once
+    log.unlink()                      # rotated: the new file is read from its start
+    log.write_bytes(b"12/03/26 23:11:00 (pid:4250) Error running singularity test job: /usr/bin/singularity\n")
+    assert w.poll(False) == {"container"}
+    (tmp_path / "StarterLog.slot1_2.old").write_bytes(b"Non zero return code 1 from singularity test of x\n")
+    assert w.poll(False) == set()

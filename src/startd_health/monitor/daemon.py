@@ -525,7 +525,9 @@ def watcher_for(probes: Sequence[Probe], settings: Mapping[str, Mapping[str, Any
         if os.path.isabs(execute):
             writable["container"] = [execute]
     kernel_log = ("kernel", settings["kernel"]["log"]) if "kernel" in names else None
-    return Watcher(files, mounts, writable, full_bytes=full_bytes, kernel_log=kernel_log)
+    log_dir = (condor.get("LOG") or "").strip() if condor is not None else ""
+    starter_logs = ("container", log_dir) if "container" in files and os.path.isabs(log_dir) else None
+    return Watcher(files, mounts, writable, full_bytes=full_bytes, kernel_log=kernel_log, starter_logs=starter_logs)
 
 
 def _runtime_path(own: Mapping[str, Any], condor: Any) -> str:

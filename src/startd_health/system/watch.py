@@ -16,6 +16,13 @@ instead of at the probe's next period.
   worse from the kernel itself (a read-only remount, an I/O error, a hung
   task, a machine check, an Xid are all logged at that level) re-runs the
   probe. Chattier levels (iptables, link up/down) do not wake it twice.
+- the starter's logs (`$(LOG)/StarterLog*`, for the container probe): when
+  HTCondor's own per-job container test fails (SINGULARITY_RUN_TEST_BEFORE_JOB:
+  "Non zero return code N from singularity test of ...", "Error running
+  singularity test job"), a fault only a launch shows (user namespaces
+  refused, a broken --nv, ...) has just sent a job back: the container probe
+  re-runs, so the next job does not land there too. Only the bytes appended
+  since the last look are read (at most STARTER_LOG_READ of them).
 
 A watched path on a FUSE or network filesystem (CVMFS, NFS, ...) is never
 stat()ed here: a hung mount would hang the daemon itself (a probe touches
@@ -34,6 +41,11 @@ import stat
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 from startd_health.system.procfs import Mount, parse_mounts, path as proc_path
+
+# What HTCondor's starter logs when its container test before a job fails
+# (src/condor_starter.V6.1/singularity.cpp, runTest).
+STARTER_TEST_FAILED = (b"from singularity test of", b"Error running singularity test job")
+STARTER_LOG_READ = 1 << 18
 
 # Filesystems whose stat() may block for as long as a server does not answer.
 REMOTE_FSTYPES = ("fuse", "nfs", "cifs", "smb", "ceph", "lustre", "gpfs", "cvmfs", "autofs", "9p", "afs",
@@ -85,7 +97,7 @@ class Watcher:
 
     def __init__(self, files: Mapping[str, Sequence[str]] = {}, mounts: Mapping[str, Sequence[str]] = {},
                  writable: Mapping[str, Sequence[str]] = {}, system_root: str = "/", full_bytes: int = 0,
-                 kernel_log: Optional[Tuple[str, str]] = None) -> None:
+                 kernel_log: Optional[Tuple[str, str]] = None, starter_logs: Optional[Tuple[str, str]] = None) -> None:
         self.files = {p: tuple(v) for p, v in files.items() if v}
         self.mounts = {p: tuple(v) for p, v in mounts.items() if v}
         self.writable = {p: tuple(v) for p, v in writable.items() if v}
@@ -93,6 +105,8 @@ class Watcher:
         self.full_bytes = full_bytes   # a writable directory with less free space than this is full
         self.kernel_log = kernel_log   # (probe, the kmsg device it reads)
         self._kmsg_fd: Optional[int] = None
+        self.starter_logs = starter_logs   # (probe, HTCondor's LOG directory)
+        self._starter_seen: Dict[str, Tuple[int, int]] = {}   # log file -> (inode, size read up to)
         self._mount_bytes: Optional[bytes] = None
         self._mount_table: Dict[str, Mount] = {}
         self._mount_sets: Dict[str, frozenset] = {}
@@ -103,12 +117,12 @@ class Watcher:
 
     @property
     def empty(self) -> bool:
-        return not (self.files or self.mounts or self.writable or self.kernel_log)
+        return not (self.files or self.mounts or self.writable or self.kernel_log or self.starter_logs)
 
     @property
     def periodic(self) -> bool:
         """Whether anything must be stat()ed at intervals (mounts need not: see mounts_fd)."""
-        return bool(self.files or self.writable)
+        return bool(self.files or self.writable or self.starter_logs)
 
     def mounts_fd(self) -> Optional[int]:
         """The descriptor to poll for POLLPRI (a mount or unmount); None if it cannot be opened."""
@@ -181,6 +195,8 @@ class Watcher:
         lines = [f"{probe}: file {path}" for probe, paths in self.files.items() for path in paths]
         lines += [f"{probe}: mounts under {path}" for probe, paths in self.mounts.items() for path in paths]
         lines += [f"{probe}: writable {path}" for probe, paths in self.writable.items() for path in paths]
+        if self.starter_logs is not None:
+            lines.append(f"{self.starter_logs[0]}: HTCondor's container test failing in {self.starter_logs[1]}/StarterLog*")
         if self.kernel_log is not None:
             lines.append(f"{self.kernel_log[0]}: kernel messages at level err or worse in {self.kernel_log[1]}")
         return lines
@@ -238,7 +254,35 @@ class Watcher:
                     self._signatures[key] = now_sig
                     if before is not None and before != now_sig:
                         changed.add(probe)
+        if self.starter_logs is not None and self._starter_test_failed(record_only=not self._started):
+            changed.add(self.starter_logs[0])
         if not self._started:   # the first poll records the baseline
             self._started = True
             return set()
         return changed
+
+    def _starter_test_failed(self, record_only: bool) -> bool:
+        """Whether a starter log got a failed container test since the last look."""
+        assert self.starter_logs is not None
+        directory, found, seen = self.starter_logs[1], False, {}
+        try:
+            names = [n for n in os.listdir(directory) if n.startswith("StarterLog") and not n.endswith(".old")]
+        except OSError:
+            return False
+        for name in names:
+            path = os.path.join(directory, name)
+            try:
+                with open(path, "rb") as handle:
+                    st = os.fstat(handle.fileno())
+                    inode, before = self._starter_seen.get(path, (st.st_ino, st.st_size if record_only else 0))
+                    start = before if inode == st.st_ino and before <= st.st_size else 0   # rotated: from its start
+                    seen[path] = (st.st_ino, st.st_size)
+                    if record_only or st.st_size == start:
+                        continue
+                    handle.seek(max(start, st.st_size - STARTER_LOG_READ))
+                    data = handle.read(STARTER_LOG_READ)
+            except OSError:
+                continue
+            found = found or any(marker in data for marker in STARTER_TEST_FAILED)
+        self._starter_seen = seen
+        return found
