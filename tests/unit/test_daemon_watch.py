@@ -166,7 +166,8 @@ def test_htcondors_own_container_test_failing_fires_the_container_probe(tmp_path
     before a job failed, so a launch-only fault has just sent a job back."""
     log = tmp_path / "StarterLog.slot1_1"
     log.write_bytes(b"12/03/26 23:10:01 (pid:4242) Running job as user tester\n")
-    w = Watcher(starter_logs=("container", str(tmp_path)))
+    w = Watcher(files={"container": ["/opt/site/images/site.sif", "/usr/bin/singularity"]},
+                starter_logs=("container", str(tmp_path)), site_images=["/opt/site/images/site.sif"])
     assert not w.empty and w.periodic
     w.poll()   # the baseline: what was logged before is not news
     assert w.poll(False) == set()
@@ -182,7 +183,12 @@ def test_htcondors_own_container_test_failing_fires_the_container_probe(tmp_path
     assert w.poll(False) == {"container"}
     assert w.poll(False) == set()    # read once
     log.unlink()                      # rotated: the new file is read from its start
-    log.write_bytes(b"12/03/26 23:11:00 (pid:4250) Error running singularity test job: /usr/bin/singularity\n")
+    log.write_bytes(b"12/03/26 23:11:00 (pid:4250) Error running singularity test job: /usr/bin/singularity -s -q "
+                    b"test -C /opt/site/images/site.sif\n")
     assert w.poll(False) == {"container"}
+    with open(log, "ab") as handle:   # a job's own image: not the node's fault
+        handle.write(b"12/03/26 23:12:00 (pid:4260) Non zero return code 65280 from singularity test of "
+                     b"/usr/bin/singularity -s -q test -S /tmp -C /home/alice/broken.sif\n")
+    assert w.poll(False) == set()
     (tmp_path / "StarterLog.slot1_2.old").write_bytes(b"Non zero return code 1 from singularity test of x\n")
     assert w.poll(False) == set()

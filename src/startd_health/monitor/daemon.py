@@ -527,7 +527,9 @@ def watcher_for(probes: Sequence[Probe], settings: Mapping[str, Mapping[str, Any
     kernel_log = ("kernel", settings["kernel"]["log"]) if "kernel" in names else None
     log_dir = (condor.get("LOG") or "").strip() if condor is not None else ""
     starter_logs = ("container", log_dir) if "container" in files and os.path.isabs(log_dir) else None
-    return Watcher(files, mounts, writable, full_bytes=full_bytes, kernel_log=kernel_log, starter_logs=starter_logs)
+    site_images = [p for p in paths if os.path.isabs(p)] if starter_logs is not None else []
+    return Watcher(files, mounts, writable, full_bytes=full_bytes, kernel_log=kernel_log, starter_logs=starter_logs,
+                   site_images=site_images)
 
 
 def _runtime_path(own: Mapping[str, Any], condor: Any) -> str:

@@ -97,7 +97,8 @@ class Watcher:
 
     def __init__(self, files: Mapping[str, Sequence[str]] = {}, mounts: Mapping[str, Sequence[str]] = {},
                  writable: Mapping[str, Sequence[str]] = {}, system_root: str = "/", full_bytes: int = 0,
-                 kernel_log: Optional[Tuple[str, str]] = None, starter_logs: Optional[Tuple[str, str]] = None) -> None:
+                 kernel_log: Optional[Tuple[str, str]] = None, starter_logs: Optional[Tuple[str, str]] = None,
+                 site_images: Sequence[str] = ()) -> None:
         self.files = {p: tuple(v) for p, v in files.items() if v}
         self.mounts = {p: tuple(v) for p, v in mounts.items() if v}
         self.writable = {p: tuple(v) for p, v in writable.items() if v}
@@ -106,6 +107,7 @@ class Watcher:
         self.kernel_log = kernel_log   # (probe, the kmsg device it reads)
         self._kmsg_fd: Optional[int] = None
         self.starter_logs = starter_logs   # (probe, HTCondor's LOG directory)
+        self.site_images = tuple(os.fsencode(p) for p in site_images)   # the images that probe tests
         self._starter_seen: Dict[str, Tuple[int, int]] = {}   # log file -> (inode, size read up to)
         self._mount_bytes: Optional[bytes] = None
         self._mount_table: Dict[str, Mount] = {}
@@ -261,6 +263,14 @@ class Watcher:
             return set()
         return changed
 
+    def _site_test_failed(self, line: bytes) -> bool:
+        """A failed container test of a site image the probe tests (a job's
+        own broken image is the job's problem: it must not make every such
+        job cost the node a probe run)."""
+        if not any(marker in line for marker in STARTER_TEST_FAILED):
+            return False
+        return not self.site_images or any(image in line for image in self.site_images)
+
     def _starter_test_failed(self, record_only: bool) -> bool:
         """Whether a starter log got a failed container test since the last look."""
         assert self.starter_logs is not None
@@ -283,6 +293,6 @@ class Watcher:
                     data = handle.read(STARTER_LOG_READ)
             except OSError:
                 continue
-            found = found or any(marker in data for marker in STARTER_TEST_FAILED)
+            found = found or any(self._site_test_failed(line) for line in data.splitlines())
         self._starter_seen = seen
         return found
