@@ -17,6 +17,7 @@ privileged group, so what it can reach any job user can.
 from __future__ import annotations
 
 import os
+import pwd
 import stat
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -39,13 +40,32 @@ class PathStat:
     mode: int         # st_mode
 
 
-def choose_name(configured: str, slot1_user: Optional[str]) -> Tuple[str, str]:
-    """(account name, why)."""
+def choose_name(configured: str, slot1_user: Optional[str], condor_ids: Optional[str] = None) -> Tuple[str, str]:
+    """(account name, why). A startd that is not root (a glidein pilot, a
+    personal condor) runs every job as its own user: run by such a user (not
+    root, not HTCondor's account), the job account is that user."""
     if configured:
         return configured, "STARTD_HEALTH_CONTAINER_JOB_USER"
     if slot1_user and slot1_user.strip():
         return slot1_user.strip(), "HTCondor's SLOT1_USER"
+    me = os.geteuid()
+    if me != 0 and not is_condor_account(me, condor_ids):
+        try:
+            return pwd.getpwuid(me).pw_name, "the user we run as (a startd that is not root runs jobs as itself)"
+        except KeyError:
+            pass
     return "nobody", "nobody (HTCondor's account for jobs without a local owner)"
+
+
+def is_condor_account(uid: int, condor_ids: Optional[str]) -> bool:
+    """HTCondor's own account: CONDOR_IDS (uid.gid), else the user named condor."""
+    ids = (condor_ids or "").strip()
+    if ids:
+        return ids.split(".", 1)[0].strip() == str(uid)
+    try:
+        return pwd.getpwuid(uid).pw_name == "condor"
+    except KeyError:
+        return False
 
 
 def resolve(name: str, why: str = "") -> Tuple[Optional[Account], str]:

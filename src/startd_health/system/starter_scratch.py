@@ -67,9 +67,10 @@ def prepare(ctx: Any, runtime: Runtime, apptainer: bool) -> Optional[StarterFact
     if condor is None or not getattr(condor, "available", True) or not ctx.settings.get("starter_launch", True):
         return None
     execute = (condor.get("EXECUTE") or "").strip()
-    if not execute:
+    if not execute or not _ours_to_use(execute):
         return None
-    name, why = job_account.choose_name(ctx.settings.get("job_user", ""), condor.get("SLOT1_USER"))
+    name, why = job_account.choose_name(ctx.settings.get("job_user", ""), condor.get("SLOT1_USER"),
+                                        condor.get("CONDOR_IDS"))
     account, error = job_account.resolve(name, why)
     extra = tuple(flag for flag in ctx.settings.get("flags", ()) if flag not in CONTAINMENT)
     gpus = bool((condor.get("MACHINE_RESOURCE_INVENTORY_GPUs") or condor.get("MACHINE_RESOURCE_GPUs") or "").strip())
@@ -78,6 +79,22 @@ def prepare(ctx: Any, runtime: Runtime, apptainer: bool) -> Optional[StarterFact
                              rocm=os.path.exists(procfs.path(ctx.system_root, "sys/module/amdgpu")))
     return StarterFacts(condor.get("CONDOR_VERSION") or "", execute, apptainer, account, error,
                         dropped=os.geteuid() == 0 and account is not None, extra_flags=extra, slot=slot)
+
+
+def _ours_to_use(execute: str) -> bool:
+    """Whether we can make a job's scratch directory in EXECUTE as the
+    starter would: root, or the startd's own user (HTCondor's account, a
+    pilot). Someone else running a check by hand gets our own launch; a
+    read-only EXECUTE stays ours (that is the fault to report). EXECUTE is a
+    local directory of the startd (statvfs and access do not wait on a
+    server), and a missing one is reported by the launch."""
+    if os.geteuid() == 0:
+        return True
+    try:
+        read_only = bool(os.statvfs(execute).f_flag & os.ST_RDONLY)
+    except OSError:
+        return True
+    return read_only or os.access(execute, os.W_OK)
 
 
 def own(ctx: Any, runtime: Runtime, images: Sequence[Tuple[str, str]]) -> StarterFacts:
