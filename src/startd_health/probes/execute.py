@@ -95,9 +95,9 @@ def _record(path: str) -> str:
 def condor_ids(ctx: ProbeContext) -> Tuple[str, ...]:
     """Run as root: (uid, gid) of HTCondor's account (CONDOR_IDS, else condor), as whom the
     starter creates job scratch directories; () otherwise (we are that account already, or none exists)."""
-    if os.geteuid() != 0:
-        return ()
-    ids = (ctx.condor.get("CONDOR_IDS") or "") if ctx.condor is not None else ""
+    if os.geteuid() != 0 or ctx.condor is None:
+        return ()   # (without HTCondor's configuration there is no starter's account to stand for)
+    ids = ctx.condor.get("CONDOR_IDS") or ""
     uid, _, gid = ids.strip().partition(".")
     if uid.isdigit() and gid.isdigit():
         return uid, gid
