@@ -179,7 +179,9 @@ def test_jobs_run_through_the_zipapps_hook(pilot):
     code, reason = pilot.sh(f"{ENV} condor_q {bad} -af HoldReasonCode HoldReason",
                             user="tester").stdout.split(" ", 1)
     assert code == "19", reason
-    assert f"startd-health: the job's image {HOME}/broken.sif does not launch on this node" in reason, reason
+    # Found by the hook's cheap re-check (the SIF header against its size), before any launch.
+    assert f"startd-health: the job's image {HOME}/broken.sif is not usable by the job's user: truncated SIF " \
+           "image (4096 bytes" in reason, reason
     pilot.sh(f"{ENV} condor_rm {bad}", user="tester", check=False)
 
 
