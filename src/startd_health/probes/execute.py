@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from startd_health.core.config import Count, Knob, parse_list, parse_positive_seconds
 from startd_health.core.model import Measurement, Probe, ProbeContext, ProbeResult, Status
-from startd_health.system import programs, stuck
+from startd_health.system import job_account, programs, stuck
 
 _SLOT_EXECUTE = re.compile(r"^SLOT(\d+)_EXECUTE$")
 
@@ -95,18 +95,10 @@ def _record(path: str) -> str:
 def condor_ids(ctx: ProbeContext) -> Tuple[str, ...]:
     """Run as root: (uid, gid) of HTCondor's account (CONDOR_IDS, else condor), as whom the
     starter creates job scratch directories; () otherwise (we are that account already, or none exists)."""
-    if os.geteuid() != 0 or ctx.condor is None:
+    if os.geteuid() != 0 or ctx.condor is None or not getattr(ctx.condor, "available", True):
         return ()   # (without HTCondor's configuration there is no starter's account to stand for)
-    ids = ctx.condor.get("CONDOR_IDS") or ""
-    uid, _, gid = ids.strip().partition(".")
-    if uid.isdigit() and gid.isdigit():
-        return uid, gid
-    try:
-        import pwd
-        entry = pwd.getpwnam("condor")
-    except (ImportError, KeyError):
-        return ()
-    return str(entry.pw_uid), str(entry.pw_gid)
+    ids = job_account.condor_account(ctx.condor.get("CONDOR_IDS"))
+    return (str(ids[0]), str(ids[1])) if ids is not None else ()
 
 
 def check_dir(ctx: ProbeContext, path: str, knobs: Tuple[str, ...], timeout: float) -> DirCheck:

@@ -57,21 +57,28 @@ def choose_name(configured: str, slot1_user: Optional[str], condor_ids: Optional
     return "nobody", "nobody (HTCondor's account for jobs without a local owner)"
 
 
-def is_condor_account(uid: int, condor_ids: Optional[str]) -> bool:
-    """HTCondor's own account: CONDOR_IDS (uid.gid), else the user named condor."""
-    ids = (condor_ids or "").strip()
-    if ids:
-        return ids.split(".", 1)[0].strip() == str(uid)
+def condor_account(condor_ids: Optional[str]) -> Optional[Tuple[int, int]]:
+    """(uid, gid) of HTCondor's own account: CONDOR_IDS (uid.gid), else the
+    user named condor; None when neither exists."""
+    uid, _, gid = (condor_ids or "").strip().partition(".")
+    if uid.strip().isdigit() and gid.strip().isdigit():
+        return int(uid), int(gid)
     try:
-        return pwd.getpwuid(uid).pw_name == "condor"
+        entry = pwd.getpwnam("condor")
     except KeyError:
-        return False
+        return None
+    return entry.pw_uid, entry.pw_gid
+
+
+def is_condor_account(uid: int, condor_ids: Optional[str]) -> bool:
+    """Whether uid is HTCondor's own account (condor_account)."""
+    ids = condor_account(condor_ids)
+    return ids is not None and ids[0] == uid
 
 
 def resolve(name: str, why: str = "") -> Tuple[Optional[Account], str]:
     """The account's uid and groups (the password and group databases: local files or NSS)."""
     import grp
-    import pwd
     try:
         entry = pwd.getpwnam(name) if not name.isdigit() else pwd.getpwuid(int(name))
     except KeyError:
