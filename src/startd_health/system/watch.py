@@ -282,15 +282,19 @@ class Watcher:
         for name in names:
             path = os.path.join(directory, name)
             try:
+                st = os.stat(path)   # opened only when it grew: this runs every WATCH_INTERVAL
+            except OSError:
+                continue
+            inode, before = self._starter_seen.get(path, (st.st_ino, st.st_size if record_only else 0))
+            start = before if inode == st.st_ino and before <= st.st_size else 0   # rotated: from its start
+            seen[path] = (st.st_ino, st.st_size)
+            if record_only or st.st_size == start:
+                continue
+            offset = max(start, st.st_size - STARTER_LOG_READ)
+            try:
                 with open(path, "rb") as handle:
-                    st = os.fstat(handle.fileno())
-                    inode, before = self._starter_seen.get(path, (st.st_ino, st.st_size if record_only else 0))
-                    start = before if inode == st.st_ino and before <= st.st_size else 0   # rotated: from its start
-                    seen[path] = (st.st_ino, st.st_size)
-                    if record_only or st.st_size == start:
-                        continue
-                    handle.seek(max(start, st.st_size - STARTER_LOG_READ))
-                    data = handle.read(STARTER_LOG_READ)
+                    handle.seek(offset)
+                    data = handle.read(st.st_size - offset)   # up to what was stat()ed: the rest is next time's
             except OSError:
                 continue
             found = found or any(self._site_test_failed(line) for line in data.splitlines())
