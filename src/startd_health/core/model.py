@@ -19,6 +19,17 @@ if TYPE_CHECKING:   # typing only: the model imports nothing that runs commands
 # A fact is what a probe found out, in the few shapes every output can carry.
 Fact = Union[bool, int, float, str, Tuple[str, ...]]
 
+# A keyed fact, named <what>_by_<key>, holds `key=value` elements (the
+# container probe's image_by_platform: `rhel9=/path`, ...).
+KEYED = "_by_"
+
+
+def keyed_items(value: Fact) -> List[Tuple[str, str]]:
+    """A keyed fact's (key, value) pairs."""
+    if not isinstance(value, tuple):
+        return []
+    return [(key, text) for key, _, text in (item.partition("=") for item in value if "=" in item)]
+
 
 class Status(str, enum.Enum):
     OK = "ok"              # works as it should

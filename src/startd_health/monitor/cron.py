@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, List, Optional, Sequence
 
 from startd_health import __version__
-from startd_health.core.model import Fact, Measurement, ProbeResult, RunReport
+from startd_health.core.model import KEYED, Fact, Measurement, ProbeResult, RunReport, keyed_items
 from startd_health.core.verdict import Verdict
 
 ATTR_PREFIX = "StartdHealth"
@@ -175,13 +175,7 @@ def _ospool_entries(result: ProbeResult) -> List[_Entry]:
 # and is published as one attribute per key, StartdHealth<Probe><What>_<key>
 # (as measurements are: StartdHealthContainerLaunchSeconds_el9). Jobs select
 # images through StartdHealthContainerImage_<platform>: never cut.
-KEYED = "_by_"
 MATCHED_ON_KEYED = frozenset({"image_by_platform"})
-
-
-def keyed_items(value: Fact) -> List[tuple]:
-    """A keyed fact's (key, value) pairs."""
-    return [tuple(item.split("=", 1)) for item in value if "=" in item] if isinstance(value, tuple) else []
 
 
 def _keyed_entries(probe: str, name: str, value: Fact) -> List[_Entry]:

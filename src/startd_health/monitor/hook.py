@@ -113,7 +113,8 @@ def platform_image(job_ad: Mapping[str, Any], cached: Optional[Any], condor: Any
     if not (isinstance(expr, str) and PLATFORM_IMAGE_ATTRIBUTE in expr) or not isinstance(wanted, str) \
             or cached is None:
         return ""
-    by_platform = dict(e.split("=", 1) for e in cached.facts.get("image_by_platform", ()) if "=" in e)
+    from startd_health.core.model import keyed_items
+    by_platform = dict(keyed_items(cached.facts.get("image_by_platform", ())))
     for name in [w for w in re.split(r"[, ]+", wanted.lower()) if w][:4]:   # as ClassAd split(s, ", ")
         path = by_platform.get("default" if name == "any" else name)
         if path:

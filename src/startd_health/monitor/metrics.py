@@ -35,7 +35,7 @@ import math
 import re
 from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
-from startd_health.core.model import ProbeResult, Status
+from startd_health.core.model import KEYED, ProbeResult, Status, keyed_items
 from startd_health.core.verdict import Verdict
 
 PREFIX = "startd_health"
@@ -147,7 +147,6 @@ def _list_facts(r: ProbeResult) -> List[Tuple[str, str, Tuple[str, ...], Tuple[s
 
 
 MAX_INFO_CHARS = 128
-KEYED = "_by_"   # as monitor/cron.py: <what>_by_<key> facts hold `key=value` elements
 
 
 def _keyed_families(r: ProbeResult) -> Iterator[Any]:
@@ -162,12 +161,10 @@ def _keyed_families(r: ProbeResult) -> Iterator[Any]:
         if KEYED not in name or not isinstance(value, tuple):
             continue
         what, key = (metric_name(part) for part in name.split(KEYED, 1))
-        for item in value:
-            if "=" in item:
-                k, v = item.split("=", 1)
-                # Text from inside an image (its os-release): one bounded line per label.
-                by_key.setdefault(key, {}).setdefault(clean_text(k, MAX_INFO_CHARS), {})[what] = \
-                    clean_text(v, MAX_INFO_CHARS)
+        for k, v in keyed_items(value):
+            # Text from inside an image (its os-release): one bounded line per label.
+            by_key.setdefault(key, {}).setdefault(clean_text(k, MAX_INFO_CHARS), {})[what] = \
+                clean_text(v, MAX_INFO_CHARS)
     for key, rows in sorted(by_key.items()):
         labels = sorted({what for row in rows.values() for what in row} - {key})
         family = InfoMetricFamily(metric_name(PREFIX, r.probe, key), f"{r.probe} probe: what is known of each {key}",
