@@ -534,17 +534,10 @@ def watcher_for(probes: Sequence[Probe], settings: Mapping[str, Mapping[str, Any
 
 def _runtime_path(own: Mapping[str, Any], condor: Any) -> str:
     """The runtime file the container probe tests (watched even while it is missing)."""
-    import shutil
-    configured = own.get("runtime") or ""
-    if own.get("module"):
+    from startd_health.system.container import runtime_path
+    if own.get("module") and not own.get("runtime"):
         return ""   # found by a module command: nothing fixed to watch
-    if not configured and condor is not None:
-        configured = condor.get("SINGULARITY") or ""
-    if not configured:
-        configured = shutil.which("apptainer") or shutil.which("singularity") or ""
-    if configured and not os.path.isabs(configured):
-        configured = shutil.which(configured) or ""
-    return configured
+    return runtime_path(own.get("runtime") or "", condor.get("SINGULARITY") if condor is not None else None)
 
 
 def wait_for_exit_signal(seconds: float) -> None:

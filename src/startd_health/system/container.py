@@ -53,6 +53,17 @@ def _run_command(argv: Sequence[str], timeout: Optional[float] = None,
     return run_command(argv, MODULE_TIMEOUT if timeout is None else timeout, env=env)
 
 
+def runtime_path(configured: str = "", condor_singularity: Optional[str] = None) -> str:
+    """The file find_runtime looks at (a module command aside), whether or not
+    it is there now: the configured runtime, else HTCondor's SINGULARITY, else
+    the first of RUNTIME_NAMES in PATH; a name is resolved in PATH ('' when it
+    is not there)."""
+    name = configured or condor_singularity
+    if name:
+        return name if os.path.isabs(name) else (shutil.which(name) or "")
+    return next((path for path in map(shutil.which, RUNTIME_NAMES) if path), "")
+
+
 def find_runtime(configured: str = "", module_command: str = "", condor_singularity: Optional[str] = None,
                  run: Run = _run_command) -> Tuple[Optional[Runtime], str]:
     """(runtime, '') or (None, why there is none).
@@ -61,7 +72,7 @@ def find_runtime(configured: str = "", module_command: str = "", condor_singular
     STARTD_HEALTH_CONTAINER_MODULE; condor_singularity: HTCondor's SINGULARITY
     (None without an HTCondor configuration)."""
     if configured:
-        path = configured if os.path.isabs(configured) else shutil.which(configured)
+        path = runtime_path(configured)
         if path and os.access(path, os.X_OK):
             return Runtime(path, "STARTD_HEALTH_CONTAINER_RUNTIME"), ""
         return None, f"configured runtime {configured} is not an executable"
@@ -71,14 +82,13 @@ def find_runtime(configured: str = "", module_command: str = "", condor_singular
         # What the starter will run: test exactly that. A look-alike from PATH
         # would keep a node "healthy" whose configured runtime is gone
         # (measured in benchmarks/fault_experiment.py: 34 jobs landed there).
-        path = condor_singularity if os.path.isabs(condor_singularity) else shutil.which(condor_singularity)
+        path = runtime_path("", condor_singularity)
         if path and os.access(path, os.X_OK) and not os.path.isdir(path):
             return Runtime(path, "HTCondor SINGULARITY"), ""
         return None, f"HTCondor's SINGULARITY ({condor_singularity}) is not an executable"
-    for name in RUNTIME_NAMES:   # no HTCondor configuration: what a job would find
-        path = shutil.which(name)
-        if path:
-            return Runtime(path, "PATH"), ""
+    path = runtime_path()   # no HTCondor configuration: what a job would find
+    if path:
+        return Runtime(path, "PATH"), ""
     return None, "no apptainer or singularity in PATH (" + os.environ.get("PATH", "") + ")"
 
 
