@@ -487,7 +487,10 @@ def install_exit_handlers(cleanup: Callable[[], None]) -> None:
 
 
 def watcher_for(probes: Sequence[Probe], settings: Mapping[str, Mapping[str, Any]], condor: Any) -> Any:
-    """What the configured probes depend on that an event can show."""
+    """What the configured probes depend on that an event can show (the
+    probes' own listings, given their settings and HTCondor's configuration)."""
+    from types import SimpleNamespace
+
     from startd_health.system.watch import Watcher
 
     names = {p.name for p in probes}
@@ -497,13 +500,11 @@ def watcher_for(probes: Sequence[Probe], settings: Mapping[str, Mapping[str, Any
     if "cvmfs" in names:
         mounts["cvmfs"] = [settings["cvmfs"]["root"]]
     if "container" in names and settings["container"]["requirement"] != "NEVER":
-        from startd_health.probes.container import condor_default_image
+        from startd_health.probes.container import images_to_test
         own = settings["container"]
-        paths = [entry.split("=", 1)[1] for entry in own["images"]]
-        if own.get("condor_image", True) and condor is not None:
-            default = condor_default_image(condor.get("SINGULARITY_IMAGE_EXPR"))
-            if default:
-                paths.append(default)
+        # The images the probe launches, as it lists them (named, HTCondor's
+        # default image, IMAGES_DICT); those IMAGE_DIRS finds are not watched.
+        paths = [image.path for image in images_to_test(SimpleNamespace(settings=own, condor=condor))[0]]
         runtime = _runtime_path(own, condor)
         files["container"] = [p for p in paths + ([runtime] if runtime else []) if os.path.isabs(p)]
         root = own.get("cvmfs_root") or "/cvmfs"
@@ -511,8 +512,6 @@ def watcher_for(probes: Sequence[Probe], settings: Mapping[str, Mapping[str, Any
             mounts["container"] = [root]
     full_bytes = 0
     if "execute" in names:
-        from types import SimpleNamespace
-
         from startd_health.probes.execute import MIB, directories
         own = settings["execute"]
         dirs = [path for path, _ in directories(SimpleNamespace(settings=own, condor=condor)) if os.path.isabs(path)]
