@@ -9,7 +9,7 @@ import select
 
 import pytest
 
-from startd_health.system.watch import Watcher, is_remote
+from startd_health.system.watch import StarterLogs, Watcher, is_remote
 from startd_health.system.procfs import parse_mounts
 
 from .helpers import fill, tmpfs  # noqa: F401 (a fixture)
@@ -167,7 +167,7 @@ def test_htcondors_own_container_test_failing_fires_the_container_probe(tmp_path
     log = tmp_path / "StarterLog.slot1_1"
     log.write_bytes(b"12/03/26 23:10:01 (pid:4242) Running job as user tester\n")
     w = Watcher(files={"container": ["/opt/site/images/site.sif", "/usr/bin/singularity"]},
-                starter_logs=("container", str(tmp_path)), site_images=["/opt/site/images/site.sif"])
+                starter_logs=StarterLogs(str(tmp_path)), site_images=["/opt/site/images/site.sif"])
     assert not w.empty and w.periodic
     w.poll()   # the baseline: what was logged before is not news
     assert w.poll(False) == set()
@@ -192,3 +192,109 @@ def test_htcondors_own_container_test_failing_fires_the_container_probe(tmp_path
     assert w.poll(False) == set()
     (tmp_path / "StarterLog.slot1_2.old").write_bytes(b"Non zero return code 1 from singularity test of x\n")
     assert w.poll(False) == set()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def append(path, text: str) -> None:
+    with open(path, "ab") as handle:
+        handle.write(text.encode())
+
+
+def test_htcondors_container_test_that_does_not_return_fires_the_container_probe_once(tmp_path):
+    """The starter waits for its per-job container test without a time limit
+    (singularity.cpp runTest): a hanging runtime logs "Running job via
+    singularity." and then nothing. Lines as os_proc.cpp / runTest print them."""
+    log = tmp_path / "StarterLog.node3.slot1_1"
+    log.write_bytes(b"")
+    (tmp_path / "StarterLog.node3").write_bytes(b"")   # HTCondor's own, without the slot's name
+    clock = Clock()
+    w = Watcher(starter_logs=StarterLogs(str(tmp_path), "StarterLog.node3", slow_seconds=5), clock=clock)
+    w.poll()
+    append(log, "12/04/26 06:00:00 (pid:500) Running job via singularity.\n")
+    assert w.poll(False) == set()
+    clock.now += 4
+    assert w.poll(False) == set()
+    clock.now += 1.5
+    assert w.poll(False) == {"container"}    # 5.5 s and no "singularity test returns"
+    clock.now += 60
+    assert w.poll(False) == set()            # once per test
+    append(log, "12/04/26 06:01:10 (pid:500) singularity test returns 0\n"
+                "12/04/26 06:01:10 (pid:500) Create_Process succeeded, pid=501\n")
+    assert w.poll(False) == set()
+    # A test that returns in time, and one turned off (the job starts at once), fire nothing.
+    append(log, "12/04/26 06:02:00 (pid:600) Running job via singularity.\n")
+    assert w.poll(False) == set()
+    clock.now += 1
+    append(log, "12/04/26 06:02:01 (pid:600) singularity test returns 0\n")
+    clock.now += 10
+    assert w.poll(False) == set()
+    append(log, "12/04/26 06:03:00 (pid:700) Running job via singularity.\n"
+                "12/04/26 06:03:00 (pid:700) Create_Process succeeded, pid=701\n")
+    clock.now += 10
+    assert w.poll(False) == set()
+    # Another node's starter log in the same LOG directory is not ours.
+    other = tmp_path / "StarterLog.node30.slot1_1"   # node30 is not node3
+    other.write_bytes(b"12/04/26 06:04:00 (pid:800) Running job via singularity.\n")
+    assert w.poll(False) == set()
+    clock.now += 10
+    assert w.poll(False) == set()
+
+
+def test_a_failed_test_with_nv_also_fires_the_gpu_probe(tmp_path):
+    log = tmp_path / "StarterLog.slot1_1"
+    log.write_bytes(b"")
+    w = Watcher(starter_logs=StarterLogs(str(tmp_path), nv_probe="gpu"), site_images=["/opt/site/images/site.sif"])
+    w.poll()
+    append(log, "12/04/26 06:00:01 (pid:900) Non zero return code 255 from singularity test of /usr/bin/apptainer "
+                "-s -q test -S /tmp --nv -C /opt/site/images/site.sif\n")
+    assert w.poll(False) == {"container", "gpu"}
+    append(log, "12/04/26 06:00:02 (pid:901) Non zero return code 255 from singularity test of /usr/bin/apptainer "
+                "-s -q test -S /tmp -C /opt/site/images/site.sif\n")
+    assert w.poll(False) == {"container"}
+
+
+def test_a_bind_source_gone_or_chmodded_fires_but_its_contents_changing_does_not(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    w = Watcher(present={"container": [str(data)]}, system_root=tree(tmp_path, MOUNTS))
+    w.poll()
+    (data / "new-file").write_text("x")     # a busy data directory: not a change of the bind
+    assert w.poll(False) == set()
+    data.rename(tmp_path / "data.off")
+    assert w.poll(False) == {"container"}
+    (tmp_path / "data.off").rename(data)
+    assert w.poll(False) == {"container"}
+    data.chmod(0o700)
+    assert w.poll(False) == {"container"}
+
+
+def test_the_daemon_watches_the_bind_sources_and_this_nodes_starter_log(tmp_path):
+    """What watcher_for derives from HTCondor's configuration (a dict here):
+    SINGULARITY_EXTRA_ARGUMENTS' bind sources, and STARTER_LOG's own files
+    (a pool whose nodes share one LOG directory names them apart)."""
+    from startd_health.cli.app import make_parser
+    from startd_health.cli.base import build_config, probe_settings, selected_probes
+    from startd_health.monitor.daemon import watcher_for
+
+    image = tmp_path / "site.sif"
+    image.write_bytes(b"x")
+    args = make_parser("daemon").parse_args(["daemon", "--no-condor-config", "--probes", "container,gpu",
+                                             "--container-images", str(image)])
+    config = build_config(args)
+    probes = selected_probes(config)
+    settings = probe_settings(config, probes)
+    condor = {"SINGULARITY_EXTRA_ARGUMENTS": "-B /opt/site/data:/site-data --bind=/srv/x,rel:/y",
+              "LOG": str(tmp_path), "STARTER_LOG": f"{tmp_path}/StarterLog.node3", "SINGULARITY": "/usr/bin/apptainer"}
+    w = watcher_for(probes, settings, condor)
+    assert w.present == {"container": ("/opt/site/data", "/srv/x")}
+    assert w.starter_logs.directory == str(tmp_path) and w.starter_logs.prefix == "StarterLog.node3"
+    assert w.starter_logs.nv_probe == "gpu"
+    del condor["STARTER_LOG"]
+    assert watcher_for(probes, settings, condor).starter_logs.prefix == "StarterLog"

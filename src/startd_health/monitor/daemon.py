@@ -491,10 +491,11 @@ def watcher_for(probes: Sequence[Probe], settings: Mapping[str, Mapping[str, Any
     probes' own listings, given their settings and HTCondor's configuration)."""
     from types import SimpleNamespace
 
-    from startd_health.system.watch import Watcher
+    from startd_health.system.watch import StarterLogs, Watcher
 
     names = {p.name for p in probes}
     files: Dict[str, List[str]] = {}
+    present: Dict[str, List[str]] = {}
     mounts: Dict[str, List[str]] = {}
     writable: Dict[str, List[str]] = {}
     if "cvmfs" in names:
@@ -507,6 +508,12 @@ def watcher_for(probes: Sequence[Probe], settings: Mapping[str, Mapping[str, Any
         paths = [image.path for image in images_to_test(SimpleNamespace(settings=own, condor=condor))[0]]
         runtime = _runtime_path(own, condor)
         files["container"] = [p for p in paths + ([runtime] if runtime else []) if os.path.isabs(p)]
+        if condor is not None and own.get("starter_launch", True):
+            # The starter's test (and the probe's launch of the starter's
+            # arguments) fails when a path SINGULARITY_EXTRA_ARGUMENTS binds is gone.
+            from startd_health.system.starter_launch import extra_bind_sources
+            binds = extra_bind_sources(str(condor.get("SINGULARITY_EXTRA_ARGUMENTS") or ""))
+            present["container"] = [p for p in binds if os.path.isabs(p)]
         root = own.get("cvmfs_root") or "/cvmfs"
         if any(p.startswith(root.rstrip("/") + "/") for p in paths) or (own.get("cvmfs") and own.get("cvmfs_repositories")):
             mounts["container"] = [root]
@@ -524,11 +531,27 @@ def watcher_for(probes: Sequence[Probe], settings: Mapping[str, Mapping[str, Any
         if os.path.isabs(execute):
             writable["container"] = [execute]
     kernel_log = ("kernel", settings["kernel"]["log"]) if "kernel" in names else None
-    log_dir = (condor.get("LOG") or "").strip() if condor is not None else ""
-    starter_logs = ("container", log_dir) if "container" in files and os.path.isabs(log_dir) else None
-    site_images = [p for p in paths if os.path.isabs(p)] if starter_logs is not None else []
+    starter_logs = None
+    site_images: List[str] = []
+    starter_log = _starter_log(condor)
+    if "container" in files and starter_log:
+        starter_logs = StarterLogs(os.path.dirname(starter_log), os.path.basename(starter_log),
+                                   nv_probe="gpu" if "gpu" in names else "")
+        site_images = [p for p in paths if os.path.isabs(p)]
     return Watcher(files, mounts, writable, full_bytes=full_bytes, kernel_log=kernel_log, starter_logs=starter_logs,
-                   site_images=site_images)
+                   site_images=site_images, present=present)
+
+
+def _starter_log(condor: Any) -> str:
+    """HTCondor's STARTER_LOG (each starter appends its slot's name to it),
+    by default $(LOG)/StarterLog; "" when neither is an absolute path."""
+    if condor is None:
+        return ""
+    path = (condor.get("STARTER_LOG") or "").strip()
+    if not path:
+        log_dir = (condor.get("LOG") or "").strip()
+        path = os.path.join(log_dir, "StarterLog") if log_dir else ""
+    return path if os.path.isabs(path) else ""
 
 
 def _runtime_path(own: Mapping[str, Any], condor: Any) -> str:

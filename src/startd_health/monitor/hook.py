@@ -158,24 +158,9 @@ def is_local_path(image: str) -> bool:
 
 
 def extra_bind_sources(condor: Any) -> List[str]:
-    """The host paths SINGULARITY_EXTRA_ARGUMENTS binds (-B/--bind SRC[:DST[:OPTS]][,...]): the
-    starter's per-job `apptainer test` fails on one that is missing (shell-less split, as the starter's)."""
-    from startd_health.system.starter_launch import split_args
-    text = str(condor.get("SINGULARITY_EXTRA_ARGUMENTS") or "") if condor is not None else ""
-    try:
-        args = split_args(text)
-    except ValueError:
-        return []   # the starter's own test will say so
-    sources: List[str] = []
-    for flag, value in zip(args, args[1:] + [""]):
-        if flag in ("-B", "--bind"):
-            spec = value
-        elif flag.startswith("--bind="):
-            spec = flag.partition("=")[2]
-        else:
-            continue
-        sources += [item.split(":")[0] for item in spec.split(",") if item.split(":")[0].startswith("/")]
-    return sources
+    """The host paths HTCondor's SINGULARITY_EXTRA_ARGUMENTS binds."""
+    from startd_health.system.starter_launch import extra_bind_sources as sources
+    return sources(str(condor.get("SINGULARITY_EXTRA_ARGUMENTS") or "") if condor is not None else "")
 
 
 def recheck_paths(repos: Sequence[str], root: str, runtime: str, image: str, binds: Sequence[str] = (),

@@ -205,6 +205,26 @@ def split_args(text: str) -> List[str]:
     return stripped.split()
 
 
+def extra_bind_sources(text: str) -> List[str]:
+    """The host paths a SINGULARITY_EXTRA_ARGUMENTS value binds (-B/--bind
+    SRC[:DST[:OPTS]][,...]), split as the starter splits it: the starter's
+    per-job container test fails when one of them is missing."""
+    try:
+        args = split_args(text)
+    except ValueError:
+        return []   # the starter's own test will say so
+    sources: List[str] = []
+    for flag, value in zip(args, args[1:] + [""]):
+        if flag in ("-B", "--bind"):
+            spec = value
+        elif flag.startswith("--bind="):
+            spec = flag.partition("=")[2]
+        else:
+            continue
+        sources += [item.split(":")[0] for item in spec.split(",") if item.split(":")[0].startswith("/")]
+    return sources
+
+
 def starter_launch(param: Param, runtime: str, image: str, execute: str, starter_id: str,
                    slot: SlotFacts = SlotFacts(), exists: Callable[[str], bool] = lambda path: True,
                    is_dir: Callable[[str], bool] = lambda path: False, apptainer: bool = True,

@@ -16,13 +16,22 @@ instead of at the probe's next period.
   worse from the kernel itself (a read-only remount, an I/O error, a hung
   task, a machine check, an Xid are all logged at that level) re-runs the
   probe. Chattier levels (iptables, link up/down) do not wake it twice.
-- the starter's logs (`$(LOG)/StarterLog*`, for the container probe): when
-  HTCondor's own per-job container test fails (SINGULARITY_RUN_TEST_BEFORE_JOB:
-  "Non zero return code N from singularity test of ...", "Error running
-  singularity test job"), a fault only a launch shows (user namespaces
-  refused, a broken --nv, ...) has just sent a job back: the container probe
-  re-runs, so the next job does not land there too. Only the bytes appended
-  since the last look are read (at most STARTER_LOG_READ of them).
+- the starter's logs (STARTER_LOG and its per-slot files, for the container
+  probe): when HTCondor's own per-job container test fails
+  (SINGULARITY_RUN_TEST_BEFORE_JOB: "Non zero return code N from singularity
+  test of ...", "Error running singularity test job"), a fault only a launch
+  shows (user namespaces refused, a broken --nv, ...) has just sent a job
+  back: the container probe re-runs (and the GPU probe, when the failed test
+  had --nv), so the next job does not land there too. When such a test has
+  not returned STARTER_TEST_SLOW_SECONDS after it began ("Running job via
+  singularity." with no "singularity test returns" after it), the runtime
+  may hang (the starter waits for its test without a time limit): the
+  container probe re-runs, once per such test, and its own launch timeout
+  decides. Only the bytes appended since the last look are read (at most
+  STARTER_LOG_READ of them).
+- bind sources (the host paths SINGULARITY_EXTRA_ARGUMENTS binds; the
+  starter's test fails when one is missing): present or not, same inode,
+  same type and mode. Not mtime: a busy data directory changes every second.
 
 A watched path on a FUSE or network filesystem (CVMFS, NFS, ...) is never
 stat()ed here: a hung mount would hang the daemon itself (a probe touches
@@ -38,13 +47,26 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 from startd_health.system.procfs import Mount, parse_mounts, path as proc_path
 
-# What HTCondor's starter logs when its container test before a job fails
-# (src/condor_starter.V6.1/singularity.cpp, runTest).
+# What HTCondor's starter logs at D_ALWAYS around its container test before
+# a job (src/condor_starter.V6.1/os_proc.cpp and singularity.cpp runTest;
+# the same in 23.9, 23.10 and 25.x): the test begins right after
+# STARTER_TEST_BEGINS, and one of STARTER_TEST_ENDED follows it (the job's
+# own start also ends it, when the test is turned off; and the starter's exit).
 STARTER_TEST_FAILED = (b"from singularity test of", b"Error running singularity test job")
+STARTER_TEST_BEGINS = b"Running job via singularity."
+STARTER_TEST_ENDED = (b"singularity test returns", b"Error running singularity test job", b"Create_Process succeeded",
+                      b"EXITING WITH STATUS")
+# A test of a local image (exit_37-like, or the job's /bin/true) takes well
+# under a second with squashfuse and a few with an extraction: one still
+# running after this long makes the container probe re-run (its own launch
+# timeout then tells a slow runtime from a hung one).
+STARTER_TEST_SLOW_SECONDS = 5.0
 STARTER_LOG_READ = 1 << 18
 
 # Filesystems whose stat() may block for as long as a server does not answer.
@@ -54,6 +76,25 @@ REMOTE_FSTYPES = ("fuse", "nfs", "cifs", "smb", "ceph", "lustre", "gpfs", "cvmfs
 Signature = Tuple[object, ...]
 
 
+@dataclass(frozen=True)
+class StarterLogs:
+    """Where the starters log and which probes their container tests concern."""
+
+    directory: str                 # dirname of STARTER_LOG
+    prefix: str = "StarterLog"     # basename of STARTER_LOG: the starters add .slot1_1 etc.
+    probe: str = "container"       # re-run when a test of a site image fails or hangs
+    nv_probe: str = ""             # also re-run when the failed test had --nv ("": none)
+    slow_seconds: float = STARTER_TEST_SLOW_SECONDS
+
+
+@dataclass
+class _StarterLogState:
+    inode: int
+    size: int                      # read up to here
+    test_since: Optional[float] = None   # monotonic: a container test began and has not ended
+    reported: bool = False         # that test already re-ran the probe
+
+
 def file_signature(path: str) -> Signature:
     """What changes when a file is removed, replaced, rewritten or chmod'ed."""
     try:
@@ -61,6 +102,16 @@ def file_signature(path: str) -> Signature:
     except OSError as exc:
         return ("error", exc.errno)
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+
+
+def presence_signature(path: str) -> Signature:
+    """What changes when a path is removed, replaced, or made unusable
+    (type and mode), and not when what is inside a directory changes."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return ("error", exc.errno)
+    return (st.st_dev, st.st_ino, st.st_mode)
 
 
 def writable_signature(path: str, full_bytes: int = 0) -> Signature:
@@ -93,22 +144,25 @@ def under(point: str, prefix: str) -> bool:
 
 
 class Watcher:
-    """files / mounts / writable: probe -> paths (mount point prefixes for mounts)."""
+    """files / present / mounts / writable: probe -> paths (mount point prefixes for mounts)."""
 
     def __init__(self, files: Mapping[str, Sequence[str]] = {}, mounts: Mapping[str, Sequence[str]] = {},
                  writable: Mapping[str, Sequence[str]] = {}, system_root: str = "/", full_bytes: int = 0,
-                 kernel_log: Optional[Tuple[str, str]] = None, starter_logs: Optional[Tuple[str, str]] = None,
-                 site_images: Sequence[str] = ()) -> None:
+                 kernel_log: Optional[Tuple[str, str]] = None, starter_logs: Optional[StarterLogs] = None,
+                 site_images: Sequence[str] = (), present: Mapping[str, Sequence[str]] = {},
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.files = {p: tuple(v) for p, v in files.items() if v}
+        self.present = {p: tuple(v) for p, v in present.items() if v}
         self.mounts = {p: tuple(v) for p, v in mounts.items() if v}
         self.writable = {p: tuple(v) for p, v in writable.items() if v}
+        self.clock = clock
         self.system_root = system_root
         self.full_bytes = full_bytes   # a writable directory with less free space than this is full
         self.kernel_log = kernel_log   # (probe, the kmsg device it reads)
         self._kmsg_fd: Optional[int] = None
-        self.starter_logs = starter_logs   # (probe, HTCondor's LOG directory)
+        self.starter_logs = starter_logs
         self.site_images = tuple(os.fsencode(p) for p in site_images)   # the images that probe tests
-        self._starter_seen: Dict[str, Tuple[int, int]] = {}   # log file -> (inode, size read up to)
+        self._starter_seen: Dict[str, _StarterLogState] = {}   # log file -> what was read of it
         self._mount_bytes: Optional[bytes] = None
         self._mount_table: Dict[str, Mount] = {}
         self._mount_sets: Dict[str, frozenset] = {}
@@ -119,12 +173,13 @@ class Watcher:
 
     @property
     def empty(self) -> bool:
-        return not (self.files or self.mounts or self.writable or self.kernel_log or self.starter_logs)
+        return not (self.files or self.present or self.mounts or self.writable or self.kernel_log
+                    or self.starter_logs)
 
     @property
     def periodic(self) -> bool:
         """Whether anything must be stat()ed at intervals (mounts need not: see mounts_fd)."""
-        return bool(self.files or self.writable or self.starter_logs)
+        return bool(self.files or self.present or self.writable or self.starter_logs)
 
     def mounts_fd(self) -> Optional[int]:
         """The descriptor to poll for POLLPRI (a mount or unmount); None if it cannot be opened."""
@@ -195,10 +250,13 @@ class Watcher:
 
     def describe(self) -> List[str]:
         lines = [f"{probe}: file {path}" for probe, paths in self.files.items() for path in paths]
+        lines += [f"{probe}: present {path}" for probe, paths in self.present.items() for path in paths]
         lines += [f"{probe}: mounts under {path}" for probe, paths in self.mounts.items() for path in paths]
         lines += [f"{probe}: writable {path}" for probe, paths in self.writable.items() for path in paths]
         if self.starter_logs is not None:
-            lines.append(f"{self.starter_logs[0]}: HTCondor's container test failing in {self.starter_logs[1]}/StarterLog*")
+            logs = self.starter_logs
+            lines.append(f"{logs.probe}: HTCondor's container test failing, or running over {logs.slow_seconds:g} s, "
+                         f"in {logs.directory}/{logs.prefix}*")
         if self.kernel_log is not None:
             lines.append(f"{self.kernel_log[0]}: kernel messages at level err or worse in {self.kernel_log[1]}")
         return lines
@@ -218,7 +276,7 @@ class Watcher:
             return False
         self._mount_bytes = data
         self._mount_table = parse_mounts(data.decode("utf-8", "surrogateescape"))
-        watched = set(self._paths(self.files)) | set(self._paths(self.writable))
+        watched = set(self._paths(self.files)) | set(self._paths(self.present)) | set(self._paths(self.writable))
         self._local = {path: not is_remote(path, self._mount_table) for path in watched}
         return True
 
@@ -245,6 +303,7 @@ class Watcher:
                         self._mount_sets[probe] = now
         full = self.full_bytes
         for kind, table, signature in (("file", self.files, file_signature),
+                                       ("present", self.present, presence_signature),
                                        ("writable", self.writable, lambda path: writable_signature(path, full))):
             for probe, paths in table.items():
                 for path in paths:
@@ -256,8 +315,8 @@ class Watcher:
                     self._signatures[key] = now_sig
                     if before is not None and before != now_sig:
                         changed.add(probe)
-        if self.starter_logs is not None and self._starter_test_failed(record_only=not self._started):
-            changed.add(self.starter_logs[0])
+        if self.starter_logs is not None:
+            changed |= self._starter_tests(record_only=not self._started)
         if not self._started:   # the first poll records the baseline
             self._started = True
             return set()
@@ -271,32 +330,52 @@ class Watcher:
             return False
         return not self.site_images or any(image in line for image in self.site_images)
 
-    def _starter_test_failed(self, record_only: bool) -> bool:
-        """Whether a starter log got a failed container test since the last look."""
-        assert self.starter_logs is not None
-        directory, found, seen = self.starter_logs[1], False, {}
+    def _starter_tests(self, record_only: bool) -> Set[str]:
+        """The probes to re-run for what the starter logs said since the
+        last look: a failed test of a site image, or a test still running
+        after slow_seconds (every log is looked at: a hung test logs nothing)."""
+        logs = self.starter_logs
+        assert logs is not None
+        fire: Set[str] = set()
         try:
-            names = [n for n in os.listdir(directory) if n.startswith("StarterLog") and not n.endswith(".old")]
+            names = [n for n in os.listdir(logs.directory)
+                     if (n == logs.prefix or n.startswith(logs.prefix + ".")) and not n.endswith(".old")]
         except OSError:
-            return False
+            return fire
+        now, seen = self.clock(), {}
         for name in names:
-            path = os.path.join(directory, name)
+            path = os.path.join(logs.directory, name)
             try:
                 st = os.stat(path)   # opened only when it grew: this runs every WATCH_INTERVAL
             except OSError:
                 continue
-            inode, before = self._starter_seen.get(path, (st.st_ino, st.st_size if record_only else 0))
-            start = before if inode == st.st_ino and before <= st.st_size else 0   # rotated: from its start
-            seen[path] = (st.st_ino, st.st_size)
-            if record_only or st.st_size == start:
-                continue
-            offset = max(start, st.st_size - STARTER_LOG_READ)
-            try:
-                with open(path, "rb") as handle:
-                    handle.seek(offset)
-                    data = handle.read(st.st_size - offset)   # up to what was stat()ed: the rest is next time's
-            except OSError:
-                continue
-            found = found or any(self._site_test_failed(line) for line in data.splitlines())
+            state = self._starter_seen.get(path)
+            if state is None or state.inode != st.st_ino or state.size > st.st_size:
+                # New (read from its start, unless it is the baseline) or rotated.
+                state = _StarterLogState(st.st_ino, st.st_size if record_only and state is None else 0)
+            seen[path] = state
+            if st.st_size > state.size:
+                offset = max(state.size, st.st_size - STARTER_LOG_READ)
+                data = b""
+                try:
+                    with open(path, "rb") as handle:
+                        handle.seek(offset)
+                        data = handle.read(st.st_size - offset)   # up to what was stat()ed: the rest is next time's
+                except OSError:
+                    pass
+                state.size = st.st_size
+                for line in data.splitlines():
+                    if STARTER_TEST_BEGINS in line:
+                        state.test_since, state.reported = now, False
+                    elif any(marker in line for marker in STARTER_TEST_ENDED):
+                        state.test_since = None
+                    if not record_only and self._site_test_failed(line):
+                        fire.add(logs.probe)
+                        if logs.nv_probe and b" --nv " in line:
+                            fire.add(logs.nv_probe)
+            if (not record_only and state.test_since is not None and not state.reported
+                    and now - state.test_since >= logs.slow_seconds):
+                state.reported = True
+                fire.add(logs.probe)
         self._starter_seen = seen
-        return found
+        return fire
