@@ -130,6 +130,22 @@ def test_probe_launch_equals_the_starters_and_execute_faults_refuse_jobs(pool):
     pool.slot_where(timeout=30, StartdHealthOk=True)
     pool.wait_for(lambda: pool.job_status(queued) == 4, 60, f"job {queued}, queued during the fault, to run")
 
+    # EXECUTE full (a real ENOSPC: a 1 MiB tmpfs of the condor user's over
+    # it, filled to its last byte): refused, naming it; the job queued meanwhile
+    # starts once it is repaired.
+    in_pool(pool, f"mount -t tmpfs -o size=1m,mode=0755 tmpfs {EXECUTE} && chown condor:condor {EXECUTE} && "
+                  f"(head -c 2m /dev/zero > {EXECUTE}/.fill 2>/dev/null || true)")
+    try:
+        ad = pool.slot_where("StartdHealthExecuteReason", timeout=30, StartdHealthOk=False)
+        assert f"{EXECUTE} (EXECUTE) is full: " in ad["StartdHealthExecuteReason"], ad
+        queued = pool.submit(JOB)
+        time.sleep(8)
+        assert pool.job_status(queued) == 1, "a job started on a full EXECUTE"
+    finally:
+        in_pool(pool, f"umount -l {EXECUTE}")
+    pool.slot_where(timeout=30, StartdHealthOk=True)
+    pool.wait_for(lambda: pool.job_status(queued) == 4, 60, f"job {queued}, queued while EXECUTE was full, to run")
+
     # /tmp full: jobs never use it (the starter gives the runtime a scratch
     # directory on EXECUTE), so the node must keep taking jobs.
     in_pool(pool, "mkdir -p /run/keep-condor && mount --bind /tmp/condor /run/keep-condor && "

@@ -298,3 +298,23 @@ def test_the_daemon_watches_the_bind_sources_and_this_nodes_starter_log(tmp_path
     assert w.starter_logs.nv_probe == "gpu"
     del condor["STARTER_LOG"]
     assert watcher_for(probes, settings, condor).starter_logs.prefix == "StarterLog"
+
+
+def test_images_a_run_found_are_watched_until_a_run_names_others(tmp_path):
+    """The daemon hands the watcher the images the container probe launched
+    (IMAGE_DIRS finds them at run time, no configuration names them)."""
+    runtime = tmp_path / "apptainer"
+    runtime.write_text("#!/bin/sh\n")
+    found = tmp_path / "images" / "rhel9.sif"
+    found.parent.mkdir()
+    found.write_bytes(b"x")
+    w = Watcher(files={"container": [str(runtime)]}, system_root=tree(tmp_path, MOUNTS))
+    w.poll()
+    w.found_files("container", [str(found), "docker://x/y"])
+    assert w.files["container"] == (str(runtime), str(found))
+    assert w.poll(False) == set()            # first sight: the baseline
+    found.rename(tmp_path / "gone.sif")
+    assert w.poll(False) == {"container"}
+    w.found_files("container", [])           # the next run no longer lists it
+    assert w.files["container"] == (str(runtime),)
+    assert w.poll(False) == set()

@@ -149,6 +149,7 @@ class Daemon:
             age = cached.age(wall)
             if age < REUSE_FRACTION * sched.period:
                 self.latest[sched.name] = cached
+                self._watch_tested(cached)
                 sched.next_due = mono + max(0.0, sched.period - age)
 
     # ------------------------------------------------------------ requests
@@ -239,6 +240,7 @@ class Daemon:
                 sched.running.join(0.5)   # it has put its result: only its return is left
             sched.running = None
             self.latest[done.name] = done.result
+            self._watch_tested(done.result)
             self.state_error = done.state_error
             self.last_duration = done.duration
             self.runs += 1
@@ -246,6 +248,14 @@ class Daemon:
                 sched.next_due = now + max(1.0, sched.period - done.result.age())
             else:
                 sched.next_due = now + sched.period
+
+    def _watch_tested(self, result: ProbeResult) -> None:
+        """The images the container probe launched, found in IMAGE_DIRS
+        included, are watched from now on (the configured ones always are)."""
+        if self.watcher is None or result.probe != "container":
+            return
+        images = tuple(result.facts.get("images_ok", ())) + tuple(result.facts.get("images_failed", ()))
+        self.watcher.found_files("container", [p for p in images if isinstance(p, str)])
 
     # ------------------------------------------------------------ output
     def compose(self, now: float) -> Tuple[str, str, bool]:
@@ -504,7 +514,7 @@ def watcher_for(probes: Sequence[Probe], settings: Mapping[str, Mapping[str, Any
         from startd_health.probes.container import images_to_test
         own = settings["container"]
         # The images the probe launches, as it lists them (named, HTCondor's
-        # default image, IMAGES_DICT); those IMAGE_DIRS finds are not watched.
+        # default image, IMAGES_DICT); those IMAGE_DIRS finds join after each run (_watch_tested).
         paths = [image.path for image in images_to_test(SimpleNamespace(settings=own, condor=condor))[0]]
         runtime = _runtime_path(own, condor)
         files["container"] = [p for p in paths + ([runtime] if runtime else []) if os.path.isabs(p)]

@@ -156,6 +156,7 @@ class Watcher:
         self.mounts = {p: tuple(v) for p, v in mounts.items() if v}
         self.writable = {p: tuple(v) for p, v in writable.items() if v}
         self.clock = clock
+        self._configured: Dict[str, Tuple[str, ...]] = {}   # probe -> its configured files (found_files adds)
         self.system_root = system_root
         self.full_bytes = full_bytes   # a writable directory with less free space than this is full
         self.kernel_log = kernel_log   # (probe, the kmsg device it reads)
@@ -170,6 +171,25 @@ class Watcher:
         self._local: Dict[str, bool] = {}   # path -> safe to stat here (not on a remote/FUSE mount)
         self._started = False
         self._mounts_file: Optional[Any] = None
+
+    def found_files(self, probe: str, paths: Sequence[str]) -> None:
+        """Files a probe's last run found by itself (the images
+        IMAGE_DIRS listed), watched like the configured ones until its next
+        run names others. A path seen for the first time only records its
+        baseline."""
+        configured = self._configured.setdefault(probe, self.files.get(probe, ()))
+        now = tuple(dict.fromkeys(configured + tuple(p for p in paths if os.path.isabs(p))))
+        if now == self.files.get(probe, ()):
+            return
+        if now:
+            self.files[probe] = now
+        else:
+            self.files.pop(probe, None)
+        for key in [k for k in self._signatures if k[0] == "file" and k[1] == probe and k[2] not in now]:
+            del self._signatures[key]
+        if self._mount_bytes is not None:
+            for path in now:
+                self._local.setdefault(path, not is_remote(path, self._mount_table))
 
     @property
     def empty(self) -> bool:
