@@ -9,6 +9,7 @@ namespace (EXECUTE is a tmpfs there, remounted read-only; /tmp is covered by
 a full tmpfs with the pool's /tmp/condor bound back into it).
 """
 
+import contextlib
 import re
 import subprocess
 import time
@@ -72,6 +73,24 @@ def in_pool(pool, script, check=True):
     return proc
 
 
+@contextlib.contextmanager
+def refusing(pool, inject, repair, what, *attributes):
+    """Inject a fault (a script in the pool's namespace): the node must
+    refuse (the slot ad, with attributes, is yielded for the caller's
+    asserts) and a job submitted then must stay idle; after the repair the
+    node accepts again and that job runs."""
+    in_pool(pool, inject)
+    try:
+        yield pool.slot_where(*attributes, timeout=30, StartdHealthOk=False)
+        queued = pool.submit(JOB)
+        time.sleep(8)
+        assert pool.job_status(queued) == 1, f"a job started on {what}"
+    finally:
+        in_pool(pool, repair)
+    pool.slot_where(timeout=30, StartdHealthOk=True)
+    pool.wait_for(lambda: pool.job_status(queued) == 4, 60, f"job {queued}, queued during {what}, to run")
+
+
 def normalised(command_line):
     """Tokens up to the image, the slot directory's name made generic."""
     tokens = SLOT_DIR.sub("<slot>", command_line).split()
@@ -113,38 +132,21 @@ def test_probe_launch_equals_the_starters_and_execute_faults_refuse_jobs(pool):
     pool.slot_where(timeout=30, StartdHealthOk=True)
 
     # EXECUTE remounted read-only (a filesystem after errors): refused, naming it.
-    in_pool(pool, f"mount -o remount,ro {EXECUTE}")
-    try:
-        ad = pool.slot_where("StartdHealthExecuteReason", "StartdHealthContainerReason", "StartdHealthExecuteDirsFailed",
-                  timeout=30, StartdHealthOk=False)
+    with refusing(pool, f"mount -o remount,ro {EXECUTE}", f"mount -o remount,rw {EXECUTE}", "a read-only EXECUTE",
+                  "StartdHealthExecuteReason", "StartdHealthContainerReason",
+                  "StartdHealthExecuteDirsFailed") as ad:
         assert ad["StartdHealthExecuteDirsFailed"] == [EXECUTE]
         assert f"{EXECUTE} (EXECUTE) is on a read-only filesystem" in ad["StartdHealthExecuteReason"]
         # The starter's launch cannot make its scratch directory either, as the real starter cannot.
         assert (f"cannot create a job scratch directory in EXECUTE {EXECUTE}: Read-only file system"
                 in ad["StartdHealthContainerReason"])
-        queued = pool.submit(JOB)
-        time.sleep(8)
-        assert pool.job_status(queued) == 1, "a job started on a read-only EXECUTE"
-    finally:
-        in_pool(pool, f"mount -o remount,rw {EXECUTE}")
-    pool.slot_where(timeout=30, StartdHealthOk=True)
-    pool.wait_for(lambda: pool.job_status(queued) == 4, 60, f"job {queued}, queued during the fault, to run")
 
     # EXECUTE full (a real ENOSPC: a 1 MiB tmpfs of the condor user's over
-    # it, filled to its last byte): refused, naming it; the job queued meanwhile
-    # starts once it is repaired.
-    in_pool(pool, f"mount -t tmpfs -o size=1m,mode=0755 tmpfs {EXECUTE} && chown condor:condor {EXECUTE} && "
-                  f"(head -c 2m /dev/zero > {EXECUTE}/.fill 2>/dev/null || true)")
-    try:
-        ad = pool.slot_where("StartdHealthExecuteReason", timeout=30, StartdHealthOk=False)
+    # it, filled to its last byte): refused, naming it.
+    with refusing(pool, f"mount -t tmpfs -o size=1m,mode=0755 tmpfs {EXECUTE} && chown condor:condor {EXECUTE} && "
+                        f"(head -c 2m /dev/zero > {EXECUTE}/.fill 2>/dev/null || true)",
+                  f"umount -l {EXECUTE}", "a full EXECUTE", "StartdHealthExecuteReason") as ad:
         assert f"{EXECUTE} (EXECUTE) is full: " in ad["StartdHealthExecuteReason"], ad
-        queued = pool.submit(JOB)
-        time.sleep(8)
-        assert pool.job_status(queued) == 1, "a job started on a full EXECUTE"
-    finally:
-        in_pool(pool, f"umount -l {EXECUTE}")
-    pool.slot_where(timeout=30, StartdHealthOk=True)
-    pool.wait_for(lambda: pool.job_status(queued) == 4, 60, f"job {queued}, queued while EXECUTE was full, to run")
 
     # /tmp full: jobs never use it (the starter gives the runtime a scratch
     # directory on EXECUTE), so the node must keep taking jobs.
