@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import os
 import select
+import threading
+import time
 
 import pytest
+
+from startd_health.core.model import Probe, ProbeResult, Status
 
 from startd_health.system.watch import StarterLogs, Watcher, is_remote
 from startd_health.system.procfs import parse_mounts
@@ -318,3 +322,109 @@ def test_images_a_run_found_are_watched_until_a_run_names_others(tmp_path):
     w.found_files("container", [])           # the next run no longer lists it
     assert w.files["container"] == (str(runtime),)
     assert w.poll(False) == set()
+
+
+def test_a_hanging_container_test_is_a_suspicion_taken_once(tmp_path):
+    log = tmp_path / "StarterLog.slot1_1"
+    log.write_bytes(b"")
+    clock = Clock()
+    w = Watcher(starter_logs=StarterLogs(str(tmp_path), slow_seconds=5), clock=clock)
+    w.poll()
+    append(log, "12/04/26 06:00:00 (pid:500) Running job via singularity.\n")
+    w.poll(False)
+    assert w.take_suspicions() == {}          # a test under way is no evidence yet
+    clock.now += 6
+    assert w.poll(False) == {"container"}
+    why = w.take_suspicions()["container"]
+    assert "StarterLog.slot1_1" in why and "not returned after 5 s" in why
+    assert w.take_suspicions() == {}          # taken
+    # A node whose own launches take 4 s (extraction, no squashfuse): a test is slow at 12 s only.
+    w.launches_take(4.0)
+    append(log, "12/04/26 06:01:00 (pid:600) Running job via singularity.\n")
+    w.poll(False)
+    clock.now += 11
+    assert w.poll(False) == set()
+    clock.now += 1.5
+    assert w.poll(False) == {"container"}
+    assert "not returned after 12 s" in w.take_suspicions()["container"]
+
+
+class _ScriptedWatcher:
+    """The daemon's view of a Watcher: the first poll after `fire_after`
+    reports a hanging container test."""
+
+    empty, periodic = False, True
+
+    def __init__(self, fire_at: float) -> None:
+        self.fire_at, self.fired, self.suspicions = fire_at, False, {}
+
+    def mounts_fd(self):
+        return None
+
+    def kmsg_fd(self):
+        return None
+
+    def found_files(self, probe, paths):
+        pass
+
+    def launches_take(self, seconds):
+        pass
+
+    def poll(self, mounts_changed=True):
+        if not self.fired and time.monotonic() >= self.fire_at:
+            self.fired = True
+            self.suspicions = {"container": "HTCondor's container test for a job (StarterLog.slot1_1) "
+                                            "has not returned after 5 s"}
+            return {"container"}
+        return set()
+
+    def take_suspicions(self):
+        taken, self.suspicions = self.suspicions, {}
+        return taken
+
+
+class _SlowOkProbe(Probe):
+    name = "container"
+    description = "a container probe whose re-check takes a while and passes"
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def run(self, ctx):
+        self.runs += 1
+        if self.runs > 1:
+            time.sleep(1.5)    # the re-check
+        return ProbeResult("container", Status.OK, "ok")
+
+
+def test_the_daemon_refuses_while_a_hanging_container_test_is_re_checked_then_accepts(tmp_path):
+    """HTCondor's own test hanging is the node's own evidence: the verdict
+    fails at once ("re-checking: ..."), not after the container probe's
+    launch timeout, and the re-check's passing result lifts it."""
+    from startd_health.core.state import StateDir
+    from startd_health.monitor.daemon import Daemon, DaemonOptions
+
+    ads = []
+    probe = _SlowOkProbe()
+    daemon = Daemon([probe], {"container": {"period": 300.0, "timeout": 30.0}}, StateDir(str(tmp_path / "state")),
+                    DaemonOptions(heartbeat=60.0, watch_interval=0.1), watcher=_ScriptedWatcher(time.monotonic() + 1.0),
+                    write=ads.append)
+    stop = threading.Event()
+    thread = threading.Thread(target=daemon.run, kwargs={"stop": stop, "out_fd": None}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not any("re-checking" in ad for ad in ads):
+            time.sleep(0.05)
+        refused = [ad for ad in ads if "re-checking" in ad]
+        assert refused, ads
+        assert "StartdHealthOk = false" in refused[0] and "StarterLog.slot1_1" in refused[0]
+        assert "StartdHealthOk = true" in ads[0]
+        while time.monotonic() < deadline and "StartdHealthOk = true" not in ads[-1]:
+            time.sleep(0.05)
+        assert "StartdHealthOk = true" in ads[-1] and probe.runs == 2, (probe.runs, ads[-1])
+        assert not daemon.suspicions
+    finally:
+        stop.set()
+        daemon.wake()
+        thread.join(5)

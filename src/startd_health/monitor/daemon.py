@@ -39,10 +39,10 @@ import select
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from startd_health.core.model import Probe, ProbeResult, RunReport, failed
+from startd_health.core.model import Probe, ProbeResult, RunReport, Status, failed
 from startd_health.core.runner import OVERRUN_GRACE_SECONDS, REUSE_FRACTION, run_probes, settings_digest, stale_if_old
 from startd_health.core.state import StateDir, StateError
 from startd_health.core.verdict import judge
@@ -85,6 +85,17 @@ class _Schedule:
 
 
 @dataclass
+class _Suspicion:
+    """The node's own evidence that a probe's last result no longer holds
+    (HTCondor's container test hanging): the probe's result is published as
+    failed, "re-checking: WHY", until a run that started after it returns,
+    or until `until` (that run hung past its budget: its own result rules)."""
+    why: str
+    since: float    # time.time() when seen
+    until: float    # time.monotonic()
+
+
+@dataclass
 class _Done:
     name: str
     result: ProbeResult
@@ -121,6 +132,7 @@ class Daemon:
             # First runs now, staggered a little (as the exporter does).
             self.schedules[probe.name] = _Schedule(probe, settings[probe.name], now + 0.2 * index)
         self.latest: Dict[str, ProbeResult] = {}
+        self.suspicions: Dict[str, _Suspicion] = {}
         self.state_error = ""
         self.last_duration = 0.0
         self._done: "queue.Queue[_Done]" = queue.Queue()
@@ -240,6 +252,9 @@ class Daemon:
                 sched.running.join(0.5)   # it has put its result: only its return is left
             sched.running = None
             self.latest[done.name] = done.result
+            suspicion = self.suspicions.get(done.name)
+            if suspicion is not None and done.result.started_at >= suspicion.since - 0.5 and not done.reused:
+                del self.suspicions[done.name]   # the re-check answered: its result rules
             self._watch_tested(done.result)
             self.state_error = done.state_error
             self.last_duration = done.duration
@@ -249,13 +264,40 @@ class Daemon:
             else:
                 sched.next_due = now + sched.period
 
+    def suspect(self, found: Mapping[str, str], now_mono: float) -> bool:
+        """Fence on the node's own evidence until the re-check (already
+        requested by the trigger) answers. True if a new suspicion."""
+        new = False
+        for name, why in found.items():
+            sched = self.schedules.get(name)
+            if sched is None:
+                continue
+            if name not in self.suspicions:
+                new = True
+                log.info("suspect: %s: %s; refusing jobs until it has re-run", name, why)
+            # Bounded: the run's budget plus its abandonment, plus a wait for its start.
+            until = now_mono + sched.timeout + OVERRUN_GRACE_SECONDS + TRIGGER_MIN_SECONDS + 5.0
+            self.suspicions[name] = _Suspicion(why, time.time(), until)
+        return new
+
+    def _expire_suspicions(self, now_mono: float) -> bool:
+        expired = [name for name, s in self.suspicions.items() if now_mono >= s.until]
+        for name in expired:
+            log.info("suspect: %s: no re-check answered in time; its last result rules", name)
+            del self.suspicions[name]
+        return bool(expired)
+
     def _watch_tested(self, result: ProbeResult) -> None:
         """The images the container probe launched, found in IMAGE_DIRS
-        included, are watched from now on (the configured ones always are)."""
+        included, are watched from now on (the configured ones always are),
+        and how long its launches took sets when a test of HTCondor's is slow."""
         if self.watcher is None or result.probe != "container":
             return
         images = tuple(result.facts.get("images_ok", ())) + tuple(result.facts.get("images_failed", ()))
         self.watcher.found_files("container", [p for p in images if isinstance(p, str)])
+        launches = [m.value for m in result.measurements if m.name == "launch"]
+        if launches:
+            self.watcher.launches_take(max(launches))
 
     # ------------------------------------------------------------ output
     def compose(self, now: float) -> Tuple[str, str, bool]:
@@ -265,6 +307,9 @@ class Daemon:
             result = self.latest.get(sched.name)
             if result is None:
                 result = failed(sched.name, "no result yet: the daemon's first run of this probe is under way")
+            suspicion = self.suspicions.get(sched.name)
+            if suspicion is not None and result.status is not Status.FAILED:
+                result = replace(result, status=Status.FAILED, reason="re-checking: " + suspicion.why)
             # A result kept past its period (its run hangs, or the clock
             # jumped) is no evidence of health any more.
             results.append(stale_if_old(result, 2 * sched.period + sched.timeout, now))
@@ -307,6 +352,7 @@ class Daemon:
     # ------------------------------------------------------------ loop
     def _next_wakeup(self, now: float, next_watch: float) -> float:
         times = [self._last_emit + self.options.heartbeat, next_watch]
+        times.extend(s.until for s in self.suspicions.values())
         if not self._emitted:
             times.append(self._first_ad_by)
         with self._lock:
@@ -343,8 +389,11 @@ class Daemon:
                 if changed:
                     log.info("event: re-run %s (%s)", " ".join(sorted(changed)),
                              self.request(sorted(changed), TRIGGER_MIN_SECONDS, "event"))
+                suspected = self.suspect(watcher.take_suspicions(), now)
                 next_watch = now + self.options.watch_interval if periodic else math.inf
-            got = self._collect(now)
+            else:
+                suspected = False
+            got = self._collect(now) or suspected or self._expire_suspicions(now)
             if got and self.options.textfile_dir:   # its last-run timestamps move with every run
                 self._write_textfile()
             self._start_due(now)

@@ -65,8 +65,10 @@ STARTER_TEST_ENDED = (b"singularity test returns", b"Error running singularity t
 # A test of a local image (exit_37-like, or the job's /bin/true) takes well
 # under a second with squashfuse and a few with an extraction: one still
 # running after this long makes the container probe re-run (its own launch
-# timeout then tells a slow runtime from a hung one).
+# timeout then tells a slow runtime from a hung one), and is a suspicion the
+# daemon fences on until that run returns (take_suspicions()).
 STARTER_TEST_SLOW_SECONDS = 5.0
+STARTER_TEST_SLOW_FACTOR = 3.0   # ... or this many times the node's own slowest launch, if longer
 STARTER_LOG_READ = 1 << 18
 
 # Filesystems whose stat() may block for as long as a server does not answer.
@@ -164,6 +166,8 @@ class Watcher:
         self.starter_logs = starter_logs
         self.site_images = tuple(os.fsencode(p) for p in site_images)   # the images that probe tests
         self._starter_seen: Dict[str, _StarterLogState] = {}   # log file -> what was read of it
+        self._suspicions: Dict[str, str] = {}   # probe -> why the node is suspect until it has re-run
+        self._slow_seconds = starter_logs.slow_seconds if starter_logs is not None else 0.0
         self._mount_bytes: Optional[bytes] = None
         self._mount_table: Dict[str, Mount] = {}
         self._mount_sets: Dict[str, frozenset] = {}
@@ -394,8 +398,25 @@ class Watcher:
                         if logs.nv_probe and b" --nv " in line:
                             fire.add(logs.nv_probe)
             if (not record_only and state.test_since is not None and not state.reported
-                    and now - state.test_since >= logs.slow_seconds):
+                    and now - state.test_since >= self._slow_seconds):
                 state.reported = True
                 fire.add(logs.probe)
+                self._suspicions[logs.probe] = (f"HTCondor's container test for a job ({name}) has not returned "
+                                                f"after {self._slow_seconds:.0f} s")
         self._starter_seen = seen
         return fire
+
+    def launches_take(self, seconds: float) -> None:
+        """The node's own launches of its images take up to this long (the
+        container probe's last run): a test of HTCondor's is slow only at
+        several times that (a node that extracts its images without
+        squashfuse must not be suspect on every job start)."""
+        if self.starter_logs is not None:
+            self._slow_seconds = max(self.starter_logs.slow_seconds, STARTER_TEST_SLOW_FACTOR * seconds)
+
+    def take_suspicions(self) -> Dict[str, str]:
+        """probe -> why, for the probes the last polls re-ran on evidence
+        that the node itself wrote (a container test of HTCondor's hanging in
+        its own StarterLog), not merely on a change; cleared by the call."""
+        taken, self._suspicions = self._suspicions, {}
+        return taken
