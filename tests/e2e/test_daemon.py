@@ -18,7 +18,7 @@ import time
 import pytest
 
 from startd_health.monitor.recheck import request_recheck
-from tests.realpool.pool import RealPool
+from tests.realpool.pool import RealPool, hanging_runtime
 
 from .conftest import ENTRY_POINTS, REPO, SIMULATED_CVMFS
 
@@ -37,6 +37,21 @@ STARTD_HEALTH_CONTAINER_IMAGES = sif=/opt/containers/site.sif
 STARTD_HEALTH_CONTAINER_FLAGS = --ipc --pid --contain --bind /cvmfs
 STARTD_HEALTH_CVMFS_REPOSITORIES = {REPO}
 STARTD_HEALTH_CVMFS_QUARANTINE = 0
+SINGULARITY = /opt/site-bin/apptainer
+"""
+# HTCondor's SINGULARITY for this pool: the real Apptainer, except that while
+# HANG_FLAG exists every call but --version waits (SIMULATED: a runtime that
+# hangs, e.g. on a stuck filesystem); removing the flag lets them go on.
+HANG_FLAG = "/opt/site-bin/hang"
+CONTAINER_JOB = """\
+universe = container
+container_image = /opt/containers/site.sif
+transfer_container = false
+executable = /bin/true
+transfer_executable = false
+should_transfer_files = YES
+log = hang-job.log
+queue
 """
 SNIPPETS = {"mix": ("50-startd-health.conf", "54-startd-health-daemon.conf"),
             "sid": ("50-startd-health.conf", "51-startd-health-healthexprs.conf", "54-startd-health-daemon.conf")}
@@ -68,6 +83,7 @@ def pool(request):
     pool.build()
     pool.install_project()
     pool.sh("cp /opt/containers/test.sif /opt/containers/site.sif && chmod 644 /opt/containers/site.sif")
+    pool.write("/opt/site-bin/apptainer", hanging_runtime(HANG_FLAG), mode=0o755)
     pool.configure(*SNIPPETS[request.param], extra=ENTRY_POINTS + DAEMON_CONF)
     t0 = time.monotonic()
     pool.start(pre_start=SIMULATED_CVMFS)
@@ -242,6 +258,54 @@ def startd_says_healthy(pool):
     out = pool.sh('condor_status -direct "$(condor_status -startd -af MyAddress | head -1)" -af StartdHealthOk',
                   check=False).stdout.split()
     return out[:1] == ["true"]
+
+
+def test_a_hanging_container_test_of_htcondors_refuses_jobs_at_once(pool):
+    """The runtime hangs (all but --version): nothing on the node changed, so
+    no trigger but the starter's own container test, which waits for it
+    without a time limit. The daemon sees that test still running in the
+    StarterLog and refuses ("re-checking: ...") well before its container
+    probe's own launch timeout (30 s) could say so; after the repair (the
+    runtime replaced) the waiting job completes and the node accepts again."""
+    assert healthy(pool)
+    flag, wrapper = pool.path(HANG_FLAG), pool.path("/opt/site-bin/apptainer")
+    open(flag, "w").close()
+    try:
+        job = pool.submit(CONTAINER_JOB)
+        pool.wait_for(lambda: "Running job via singularity." in starter_logs(pool), 90,
+                      "the starter to begin its container test")
+        t_test = time.monotonic()
+        reason = pool.wait_for(lambda: startd_reason(pool, "re-checking"), 20,
+                               "the startd's slot ad to refuse while the container probe re-checks")
+        waited = time.monotonic() - t_test
+        print(f"[{pool.variant}] HTCondor's container test hanging -> startd refuses in {waited:.1f}s: {reason}")
+        assert waited <= 12.0, waited   # 5 s slow threshold + a watch interval + the ad (30 s launch timeout: no)
+        assert "HTCondor's container test for a job (StarterLog.slot" in reason, reason
+        assert pool.job_status(job) in (1, 2), "the job with the hanging test ended"
+    finally:
+        os.unlink(flag)
+        os.utime(wrapper)   # the runtime "replaced": its file trigger re-runs the container probe
+    t_repair = time.monotonic()
+    pool.wait_for(lambda: pool.job_status(job) == 4, 60, f"job {job} to complete once the runtime answers")
+    pool.wait_for(lambda: startd_says_healthy(pool), 60, "healthy again once the runtime answers")
+    print(f"[{pool.variant}] runtime answering again -> job done and the startd's slot ad healthy in "
+          f"{time.monotonic() - t_repair:.1f}s")
+
+
+def starter_logs(pool):
+    text = ""
+    for name in os.listdir(pool.path("/tmp/condor/log")):
+        if name.startswith("StarterLog"):
+            with open(pool.path(f"/tmp/condor/log/{name}"), errors="replace") as handle:
+                text += handle.read()
+    return text
+
+
+def startd_reason(pool, contains):
+    """StartdHealthReason of the startd's own slot ad, if it contains `contains`."""
+    out = pool.sh('condor_status -direct "$(condor_status -startd -af MyAddress | head -1)" '
+                  '-af StartdHealthReason', check=False).stdout.strip().splitlines()
+    return out[0] if out and contains in out[0] else None
 
 
 def test_sigkill_the_startd_restarts_it_and_nothing_is_left_behind(pool):

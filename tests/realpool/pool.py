@@ -55,6 +55,17 @@ STARTD_CRON_LOG_NON_ZERO_EXIT = True
 """
 
 
+def hanging_runtime(flag: str) -> str:
+    """A runtime wrapper for HTCondor's SINGULARITY inside the pool: the real
+    Apptainer, except that while `flag` exists every call but --version
+    waits (a runtime that hangs, SIMULATED); removing the flag releases them."""
+    return f"""#!/bin/sh
+case "$1" in --version|version) exec /usr/bin/apptainer "$@";; esac
+while [ -e {flag} ]; do sleep 0.2; done
+exec /usr/bin/apptainer "$@"
+"""
+
+
 class PoolError(RootFsError):
     pass
 

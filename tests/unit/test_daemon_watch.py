@@ -428,3 +428,71 @@ def test_the_daemon_refuses_while_a_hanging_container_test_is_re_checked_then_ac
         stop.set()
         daemon.wake()
         thread.join(5)
+
+
+class _QuickProbe(Probe):
+    """Answers in milliseconds when healthy (as cvmfs does); its re-check
+    after the event takes `slow` seconds, then passes."""
+
+    name = "cvmfs"
+    description = "a quick probe"
+    answers_within = 0.5
+
+    def __init__(self, slow: float) -> None:
+        self.slow, self.runs = slow, 0
+
+    def run(self, ctx):
+        self.runs += 1
+        if self.runs > 1:
+            time.sleep(self.slow)
+        return ProbeResult("cvmfs", Status.OK, "ok")
+
+
+def _run_daemon(tmp_path, probe, watcher, seconds):
+    from startd_health.core.state import StateDir
+    from startd_health.monitor.daemon import Daemon, DaemonOptions
+
+    ads = []
+    daemon = Daemon([probe], {probe.name: {"period": 300.0, "timeout": 30.0}}, StateDir(str(tmp_path / "state")),
+                    DaemonOptions(heartbeat=60.0, watch_interval=0.1), watcher=watcher, write=ads.append)
+    stop = threading.Event()
+    thread = threading.Thread(target=daemon.run, kwargs={"stop": stop, "out_fd": None}, daemon=True)
+    thread.start()
+    time.sleep(seconds)
+    stop.set()
+    daemon.wake()
+    thread.join(5)
+    return daemon, ads
+
+
+class _EventWatcher(_ScriptedWatcher):
+    """Fires `probe` once (an event), with no suspicion of its own."""
+
+    def __init__(self, fire_at: float, probe: str) -> None:
+        super().__init__(fire_at)
+        self.probe = probe
+
+    def poll(self, mounts_changed=True):
+        if not self.fired and time.monotonic() >= self.fire_at:
+            self.fired = True
+            return {self.probe}
+        return set()
+
+
+def test_a_quick_probes_re_check_that_does_not_answer_in_time_refuses_until_it_does(tmp_path):
+    """A hung CVMFS repository: the re-check after the mount change hangs;
+    the node refuses after answers_within, not after the repository timeout."""
+    probe = _QuickProbe(slow=2.0)
+    daemon, ads = _run_daemon(tmp_path, probe, _EventWatcher(time.monotonic() + 0.5, "cvmfs"), 4.5)
+    oks = [("StartdHealthOk = true" in ad, "re-checking" in ad) for ad in ads]
+    assert oks[0] == (True, False) and (False, True) in oks and oks[-1] == (True, False), oks
+    refused = next(ad for ad in ads if "re-checking" in ad)
+    assert "the re-check after an event has not answered in 0.5 s" in refused
+    assert probe.runs == 2 and not daemon.suspicions
+
+
+def test_a_quick_probes_re_check_that_answers_in_time_changes_nothing(tmp_path):
+    """A request (any local user may send one) costs a healthy node no refusal and no extra ad."""
+    probe = _QuickProbe(slow=0.05)
+    daemon, ads = _run_daemon(tmp_path, probe, _EventWatcher(time.monotonic() + 0.5, "cvmfs"), 2.0)
+    assert probe.runs == 2 and len(ads) == 1 and "StartdHealthOk = true" in ads[0], ads

@@ -209,6 +209,11 @@ class Probe:
     knob_prefix: ClassVar[str] = ""
     # True: made from configuration (probes/__init__.py configure), not a module of its own.
     dynamic: ClassVar[bool] = False
+    # > 0: a healthy run answers well within this many seconds (a hang-safe
+    # check that only stats and reads): a re-check the daemon runs on an event
+    # or a request that has not answered by then makes the node refuse until
+    # it does (monitor/daemon.py). 0: runs may take long (launches, benchmarks).
+    answers_within: ClassVar[float] = 0.0
 
     @classmethod
     def prefix(cls) -> str:

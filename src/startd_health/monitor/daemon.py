@@ -70,6 +70,9 @@ class _Schedule:
     wanted_at: Optional[float] = None    # monotonic: an on-demand run is wanted from then on
     last_on_demand: float = -math.inf    # monotonic start of the last on-demand run
     forced: bool = False                 # the run under way is an on-demand one
+    started: float = 0.0                 # monotonic start of the run under way
+    started_wall: float = 0.0            # its time.time()
+    why: str = ""                        # what asked for the on-demand run (last asker)
 
     @property
     def name(self) -> str:
@@ -87,11 +90,13 @@ class _Schedule:
 @dataclass
 class _Suspicion:
     """The node's own evidence that a probe's last result no longer holds
-    (HTCondor's container test hanging): the probe's result is published as
-    failed, "re-checking: WHY", until a run that started after it returns,
-    or until `until` (that run hung past its budget: its own result rules)."""
+    (HTCondor's container test hanging; a re-check of a probe that answers
+    in milliseconds when healthy, not answering): the probe's result is
+    published as failed, "re-checking: WHY", until a run that started at or
+    after `since` returns, or until `until` (that run hung past its budget:
+    its own result rules)."""
     why: str
-    since: float    # time.time() when seen
+    since: float    # time.time(): a run that started at or after this answers it
     until: float    # time.monotonic()
 
 
@@ -180,6 +185,7 @@ class Daemon:
                 at = max(now, sched.last_on_demand + min_interval)
                 if sched.wanted_at is None or at < sched.wanted_at:
                     sched.wanted_at = at
+                sched.why = why
                 wait = sched.wanted_at - now
                 if wait > 0.05:
                     deferred.append((name, wait))
@@ -193,7 +199,7 @@ class Daemon:
         return reply + ("; queued " + " ".join(queued) if queued else "")
 
     def handle_recheck(self, names: List[str]) -> str:
-        return self.request(names, self.options.recheck_interval, "re-check request")
+        return self.request(names, self.options.recheck_interval, "a request")
 
     def wake(self) -> None:
         try:
@@ -220,6 +226,7 @@ class Daemon:
                     sched.last_on_demand = now
                     sched.wanted_at = None
             sched.forced = on_demand
+            sched.started, sched.started_wall = now, time.time()
             sched.running = threading.Thread(target=self._run_one, args=(sched, on_demand),
                                              name=f"run-{sched.name}", daemon=True)
             sched.running.start()
@@ -278,6 +285,25 @@ class Daemon:
             # Bounded: the run's budget plus its abandonment, plus a wait for its start.
             until = now_mono + sched.timeout + OVERRUN_GRACE_SECONDS + TRIGGER_MIN_SECONDS + 5.0
             self.suspicions[name] = _Suspicion(why, time.time(), until)
+        return new
+
+    def _unanswered(self, now_mono: float) -> bool:
+        """An on-demand re-check (an event, a request) of a probe that answers
+        within `answers_within` seconds when healthy, still running after
+        that: the node refuses until it answers (a hung CVMFS repository is
+        known at once, not after CVMFS_REPO_TIMEOUT). A healthy node answers
+        first, so a request costs it nothing. True if a new suspicion."""
+        new = False
+        for sched in self.schedules.values():
+            within = sched.probe.answers_within
+            if (within <= 0 or sched.running is None or not sched.forced or sched.name in self.suspicions
+                    or now_mono - sched.started < within):
+                continue
+            why = f"the re-check after {sched.why or 'a request'} has not answered in {within:g} s"
+            log.info("suspect: %s: %s; refusing jobs until it answers", sched.name, why)
+            until = sched.started + sched.timeout + OVERRUN_GRACE_SECONDS + 5.0
+            self.suspicions[sched.name] = _Suspicion(why, sched.started_wall, until)
+            new = True
         return new
 
     def _expire_suspicions(self, now_mono: float) -> bool:
@@ -357,6 +383,9 @@ class Daemon:
             times.append(self._first_ad_by)
         with self._lock:
             for sched in self.schedules.values():
+                if (sched.running is not None and sched.forced and sched.probe.answers_within > 0
+                        and sched.name not in self.suspicions):
+                    times.append(sched.started + sched.probe.answers_within)
                 if sched.running is None:
                     times.append(sched.next_due)
                     if sched.wanted_at is not None:
@@ -388,12 +417,14 @@ class Daemon:
                 mounts_changed = False
                 if changed:
                     log.info("event: re-run %s (%s)", " ".join(sorted(changed)),
-                             self.request(sorted(changed), TRIGGER_MIN_SECONDS, "event"))
+                             self.request(sorted(changed), TRIGGER_MIN_SECONDS, "an event"))
                 suspected = self.suspect(watcher.take_suspicions(), now)
                 next_watch = now + self.options.watch_interval if periodic else math.inf
             else:
                 suspected = False
-            got = self._collect(now) or suspected or self._expire_suspicions(now)
+            got = self._collect(now)
+            got = self._unanswered(now) or got
+            got = self._expire_suspicions(now) or suspected or got
             if got and self.options.textfile_dir:   # its last-run timestamps move with every run
                 self._write_textfile()
             self._start_due(now)
@@ -414,7 +445,7 @@ class Daemon:
                     serious = watcher.kmsg_drain()
                     if serious:
                         log.info("event: re-run kernel (%s)", self.request(sorted(serious), TRIGGER_MIN_SECONDS,
-                                                                           "event"))
+                                                                           "an event"))
                 elif events & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
                     return "stdout closed"
         return "stopped"

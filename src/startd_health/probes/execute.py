@@ -214,6 +214,10 @@ class ExecuteProbe(Probe):
                   "free space and inodes"
     default_period = 60.0
     default_timeout = 30.0
+    # Create, write, fsync and remove one small file: well under a second on
+    # a working disk, even a busy one; the 10 s directory timeout is for a
+    # struggling one.
+    answers_within = 5.0
     knobs = (
         Knob("EXECUTE_DIRS", parse_list, (), "directories to test", "LIST",
              default_text="HTCondor's `EXECUTE` and every `SLOT<N>_EXECUTE`; without HTCondor, none (skipped)"),
