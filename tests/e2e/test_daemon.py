@@ -267,7 +267,7 @@ def test_a_hanging_container_test_of_htcondors_refuses_jobs_at_once(pool):
     StarterLog and refuses ("re-checking: ...") well before its container
     probe's own launch timeout (30 s) could say so; after the repair (the
     runtime replaced) the waiting job completes and the node accepts again."""
-    assert healthy(pool)
+    pool.wait_for(lambda: healthy(pool), 30, "a healthy node in the collector (the last test's repair)")
     flag, wrapper = pool.path(HANG_FLAG), pool.path("/opt/site-bin/apptainer")
     open(flag, "w").close()
     try:
