@@ -72,7 +72,8 @@ class _Schedule:
     forced: bool = False                 # the run under way is an on-demand one
     started: float = 0.0                 # monotonic start of the run under way
     started_wall: float = 0.0            # its time.time()
-    why: str = ""                        # what asked for the on-demand run (last asker)
+    why: str = ""                        # what asked for the wanted on-demand run ("an event", "a request")
+    running_why: str = ""                # ... for the run under way
 
     @property
     def name(self) -> str:
@@ -227,6 +228,7 @@ class Daemon:
                     sched.wanted_at = None
             sched.forced = on_demand
             sched.started, sched.started_wall = now, time.time()
+            sched.running_why = sched.why if on_demand else ""
             sched.running = threading.Thread(target=self._run_one, args=(sched, on_demand),
                                              name=f"run-{sched.name}", daemon=True)
             sched.running.start()
@@ -299,7 +301,7 @@ class Daemon:
             if (within <= 0 or sched.running is None or not sched.forced or sched.name in self.suspicions
                     or now_mono - sched.started < within):
                 continue
-            why = f"the re-check after {sched.why or 'a request'} has not answered in {within:g} s"
+            why = f"the re-check after {sched.running_why or 'a request'} has not answered in {within:g} s"
             log.info("suspect: %s: %s; refusing jobs until it answers", sched.name, why)
             until = sched.started + sched.timeout + OVERRUN_GRACE_SECONDS + 5.0
             self.suspicions[sched.name] = _Suspicion(why, sched.started_wall, until)
