@@ -397,37 +397,44 @@ class _SlowOkProbe(Probe):
         return ProbeResult("container", Status.OK, "ok")
 
 
-def test_the_daemon_refuses_while_a_hanging_container_test_is_re_checked_then_accepts(tmp_path):
-    """HTCondor's own test hanging is the node's own evidence: the verdict
-    fails at once ("re-checking: ..."), not after the container probe's
-    launch timeout, and the re-check's passing result lifts it."""
+def _run_daemon(tmp_path, probe, watcher, seconds, done=None):
+    """The real Daemon loop in a thread, for `seconds` or until done(ads);
+    (the daemon, the ads it printed)."""
     from startd_health.core.state import StateDir
     from startd_health.monitor.daemon import Daemon, DaemonOptions
 
     ads = []
-    probe = _SlowOkProbe()
-    daemon = Daemon([probe], {"container": {"period": 300.0, "timeout": 30.0}}, StateDir(str(tmp_path / "state")),
-                    DaemonOptions(heartbeat=60.0, watch_interval=0.1), watcher=_ScriptedWatcher(time.monotonic() + 1.0),
-                    write=ads.append)
+    daemon = Daemon([probe], {probe.name: {"period": 300.0, "timeout": 30.0}}, StateDir(str(tmp_path / "state")),
+                    DaemonOptions(heartbeat=60.0, watch_interval=0.1), watcher=watcher, write=ads.append)
     stop = threading.Event()
     thread = threading.Thread(target=daemon.run, kwargs={"stop": stop, "out_fd": None}, daemon=True)
     thread.start()
-    try:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and not any("re-checking" in ad for ad in ads):
-            time.sleep(0.05)
-        refused = [ad for ad in ads if "re-checking" in ad]
-        assert refused, ads
-        assert "StartdHealthOk = false" in refused[0] and "StarterLog.slot1_1" in refused[0]
-        assert "StartdHealthOk = true" in ads[0]
-        while time.monotonic() < deadline and "StartdHealthOk = true" not in ads[-1]:
-            time.sleep(0.05)
-        assert "StartdHealthOk = true" in ads[-1] and probe.runs == 2, (probe.runs, ads[-1])
-        assert not daemon.suspicions
-    finally:
-        stop.set()
-        daemon.wake()
-        thread.join(5)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not (done is not None and done(ads)):
+        time.sleep(0.05)
+    stop.set()
+    daemon.wake()
+    thread.join(5)
+    return daemon, ads
+
+
+def _refused_then_accepted(ads):
+    refused = [i for i, ad in enumerate(ads) if "re-checking" in ad]
+    return bool(refused) and "StartdHealthOk = true" in ads[-1] and refused[-1] < len(ads) - 1
+
+
+def test_the_daemon_refuses_while_a_hanging_container_test_is_re_checked_then_accepts(tmp_path):
+    """HTCondor's own test hanging is the node's own evidence: the verdict
+    fails at once ("re-checking: ..."), not after the container probe's
+    launch timeout, and the re-check's passing result lifts it."""
+    probe = _SlowOkProbe()
+    daemon, ads = _run_daemon(tmp_path, probe, _ScriptedWatcher(time.monotonic() + 1.0), 15, _refused_then_accepted)
+    refused = [ad for ad in ads if "re-checking" in ad]
+    assert refused, ads
+    assert "StartdHealthOk = false" in refused[0] and "StarterLog.slot1_1" in refused[0]
+    assert "StartdHealthOk = true" in ads[0]
+    assert "StartdHealthOk = true" in ads[-1] and probe.runs == 2, (probe.runs, ads[-1])
+    assert not daemon.suspicions
 
 
 class _QuickProbe(Probe):
@@ -446,23 +453,6 @@ class _QuickProbe(Probe):
         if self.runs > 1:
             time.sleep(self.slow)
         return ProbeResult("cvmfs", Status.OK, "ok")
-
-
-def _run_daemon(tmp_path, probe, watcher, seconds):
-    from startd_health.core.state import StateDir
-    from startd_health.monitor.daemon import Daemon, DaemonOptions
-
-    ads = []
-    daemon = Daemon([probe], {probe.name: {"period": 300.0, "timeout": 30.0}}, StateDir(str(tmp_path / "state")),
-                    DaemonOptions(heartbeat=60.0, watch_interval=0.1), watcher=watcher, write=ads.append)
-    stop = threading.Event()
-    thread = threading.Thread(target=daemon.run, kwargs={"stop": stop, "out_fd": None}, daemon=True)
-    thread.start()
-    time.sleep(seconds)
-    stop.set()
-    daemon.wake()
-    thread.join(5)
-    return daemon, ads
 
 
 class _EventWatcher(_ScriptedWatcher):

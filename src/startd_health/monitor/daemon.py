@@ -87,6 +87,12 @@ class _Schedule:
     def timeout(self) -> float:
         return float(self.settings["timeout"])
 
+    @property
+    def run_bound(self) -> float:
+        """Seconds after its start by which a run has answered or been
+        abandoned (its budget, the kill sequence, a margin)."""
+        return self.timeout + OVERRUN_GRACE_SECONDS + 5.0
+
 
 @dataclass
 class _Suspicion:
@@ -284,9 +290,8 @@ class Daemon:
             if name not in self.suspicions:
                 new = True
                 log.info("suspect: %s: %s; refusing jobs until it has re-run", name, why)
-            # Bounded: the run's budget plus its abandonment, plus a wait for its start.
-            until = now_mono + sched.timeout + OVERRUN_GRACE_SECONDS + TRIGGER_MIN_SECONDS + 5.0
-            self.suspicions[name] = _Suspicion(why, time.time(), until)
+            # Bounded: a wait for the re-check's start (the trigger's rate limit), then its run.
+            self.suspicions[name] = _Suspicion(why, time.time(), now_mono + TRIGGER_MIN_SECONDS + sched.run_bound)
         return new
 
     def _unanswered(self, now_mono: float) -> bool:
@@ -297,16 +302,23 @@ class Daemon:
         first, so a request costs it nothing. True if a new suspicion."""
         new = False
         for sched in self.schedules.values():
-            within = sched.probe.answers_within
-            if (within <= 0 or sched.running is None or not sched.forced or sched.name in self.suspicions
-                    or now_mono - sched.started < within):
+            due = self._answer_due(sched)
+            if due is None or now_mono < due:
                 continue
-            why = f"the re-check after {sched.running_why or 'a request'} has not answered in {within:g} s"
+            why = (f"the re-check after {sched.running_why or 'a request'} has not answered in "
+                   f"{sched.probe.answers_within:g} s")
             log.info("suspect: %s: %s; refusing jobs until it answers", sched.name, why)
-            until = sched.started + sched.timeout + OVERRUN_GRACE_SECONDS + 5.0
-            self.suspicions[sched.name] = _Suspicion(why, sched.started_wall, until)
+            self.suspicions[sched.name] = _Suspicion(why, sched.started_wall, sched.started + sched.run_bound)
             new = True
         return new
+
+    def _answer_due(self, sched: _Schedule) -> Optional[float]:
+        """When (monotonic) the on-demand run under way of a probe with
+        `answers_within` is late, if it is such a run and not yet suspect."""
+        within = sched.probe.answers_within
+        if within <= 0 or sched.running is None or not sched.forced or sched.name in self.suspicions:
+            return None
+        return sched.started + within
 
     def _expire_suspicions(self, now_mono: float) -> bool:
         expired = [name for name, s in self.suspicions.items() if now_mono >= s.until]
@@ -385,9 +397,9 @@ class Daemon:
             times.append(self._first_ad_by)
         with self._lock:
             for sched in self.schedules.values():
-                if (sched.running is not None and sched.forced and sched.probe.answers_within > 0
-                        and sched.name not in self.suspicions):
-                    times.append(sched.started + sched.probe.answers_within)
+                due = self._answer_due(sched)
+                if due is not None:
+                    times.append(due)
                 if sched.running is None:
                     times.append(sched.next_due)
                     if sched.wanted_at is not None:
@@ -414,6 +426,7 @@ class Daemon:
         mounts_changed = True
         while stop is None or not stop.is_set():
             now = time.monotonic()
+            suspected = False
             if watcher is not None and (now >= next_watch or mounts_changed):
                 changed = watcher.poll(mounts_changed or mounts_fd is None)
                 mounts_changed = False
@@ -422,15 +435,13 @@ class Daemon:
                              self.request(sorted(changed), TRIGGER_MIN_SECONDS, "an event"))
                 suspected = self.suspect(watcher.take_suspicions(), now)
                 next_watch = now + self.options.watch_interval if periodic else math.inf
-            else:
-                suspected = False
             got = self._collect(now)
-            got = self._unanswered(now) or got
-            got = self._expire_suspicions(now) or suspected or got
             if got and self.options.textfile_dir:   # its last-run timestamps move with every run
                 self._write_textfile()
+            # Suspicions change the ad, not the results (nor the textfile).
+            suspected = any([self._unanswered(now), self._expire_suspicions(now), suspected])
             self._start_due(now)
-            self.publish(now, got)
+            self.publish(now, got or suspected)
             timeout = self._next_wakeup(time.monotonic(), next_watch)
             for fd, events in poller.poll(min(timeout, 3600.0) * 1000):
                 if fd == self._wake_r:
