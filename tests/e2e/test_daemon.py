@@ -18,7 +18,7 @@ import time
 import pytest
 
 from startd_health.monitor.recheck import request_recheck
-from tests.realpool.pool import RealPool, hanging_runtime
+from tests.realpool.pool import PoolError, RealPool, hanging_runtime
 
 from .conftest import ENTRY_POINTS, REPO, SIMULATED_CVMFS
 
@@ -121,7 +121,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 
 def daemon_pids(pool):
     """startd-health daemon processes of this pool (host pids: the pool shares our pid namespace)."""
-    ns = os.stat(f"/proc/{pool.master_pid()}/ns/mnt").st_ino
+    master = pool.master_pid()
+    if master is None:   # its pid file between two writes (condor_reconfig): wait_for asks again
+        raise PoolError("condor_master's pid file is not readable now")
+    ns = os.stat(f"/proc/{master}/ns/mnt").st_ino
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():

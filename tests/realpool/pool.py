@@ -103,11 +103,17 @@ class RealPool(RootFs):
         self.write("/etc/condor/config.d/99-test.conf", extra)
 
     def master_pid(self) -> Optional[int]:
-        try:
-            with open(self.path(PIDFILE)) as handle:
-                return int(handle.read().strip())
-        except (OSError, ValueError):
-            return None
+        # condor_master rewrites its pid file (condor_reconfig included):
+        # an empty read is a rewrite under way, not a master gone.
+        for _ in range(20):
+            try:
+                with open(self.path(PIDFILE)) as handle:
+                    return int(handle.read().strip())
+            except OSError:
+                return None
+            except ValueError:
+                time.sleep(0.05)
+        return None
 
     def running(self) -> bool:
         pid = self.master_pid()
